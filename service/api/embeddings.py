@@ -1,0 +1,17 @@
+"""POST /v1/embeddings, as OpenAI's."""
+
+from __future__ import annotations
+
+from litestar import Controller, post
+
+from service.api.schemas import EmbeddingRequest, EmbeddingResponse
+from service.embeddings import EmbeddingsService
+
+
+class EmbeddingsController(Controller):
+    path = "/v1/embeddings"
+    tags = ["embeddings"]
+
+    @post("/", status_code=200, summary="Create embeddings (OpenAI-compatible)")
+    async def create(self, data: EmbeddingRequest, embeddings: EmbeddingsService) -> EmbeddingResponse:
+        return await embeddings.create(data)

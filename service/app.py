@@ -1,0 +1,102 @@
+"""The application factory: routes, dependencies and the lifespan that owns every resource."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from sqlalchemy import Engine
+
+from service.api.embeddings import EmbeddingsController
+from service.api.models import ModelsController, health
+from service.auth import Authenticator, BearerAuthMiddleware
+from service.embeddings import EmbeddingsService
+from service.encoder.hub import ModelHub
+from service.encoder.registry import Registry
+from service.errors import exception_handlers
+from service.settings import Settings
+from service.store import migrate
+from service.store.db import make_engine
+from service.store.keys import KeyStore
+
+log = logging.getLogger("service")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    keys: KeyStore
+    hub: ModelHub
+    embeddings: EmbeddingsService
+
+
+def ensure_admin_key(keys: KeyStore, settings: Settings) -> str | None:
+    """Never run open: with no key configured anywhere, make an admin key and show it once."""
+    if settings.api_key or keys.count():
+        return None
+    key = keys.create("admin", admin=True)
+    print(
+        "\n  No API key was configured, so an admin key was generated (shown only this once):\n"
+        f"\n    {key}\n\n  Send it as `Authorization: Bearer <key>`. Set EMBEDSEARCH_API_KEY or run "
+        "`python -m service keys create --tenant NAME` for more.\n",
+        flush=True,
+    )
+    return key
+
+
+def create_app(settings: Settings, registry: Registry | None = None) -> Litestar:
+    registry = registry or Registry.load(settings.models_file)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.sqlalchemy_url)
+        migrate.upgrade(engine)
+        keys = KeyStore(engine)
+        ensure_admin_key(keys, settings)
+        hub = ModelHub(settings, registry)
+        hub.start()
+        app.state.authenticator = Authenticator(keys, settings.api_key)
+        app.state.services = Services(
+            settings=settings,
+            engine=engine,
+            keys=keys,
+            hub=hub,
+            embeddings=EmbeddingsService(hub, max_inputs=settings.max_inputs, truncate=settings.truncate),
+        )
+        try:
+            yield
+        finally:
+            await hub.stop()
+            engine.dispose()
+
+    def provide(attribute: str) -> Provide:
+        def dependency(state: State) -> object:
+            return getattr(state.services, attribute)
+
+        return Provide(dependency, sync_to_thread=False)
+
+    return Litestar(
+        route_handlers=[EmbeddingsController, ModelsController, health],
+        dependencies={"hub": provide("hub"), "embeddings": provide("embeddings")},
+        middleware=[DefineMiddleware(BearerAuthMiddleware, exclude=["^/docs"])],
+        exception_handlers=exception_handlers,
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="embedsearch",
+            version="0.1.0",
+            description="OpenAI-compatible embeddings on Gemma 3, and vector search over FAISS + SQL.",
+            path="/docs",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+    )

@@ -1,0 +1,96 @@
+"""Command line: ``python -m service serve | migrate | keys create``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from service.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        data_dir=getattr(args, "data_dir", None),
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+    )
+
+
+def _engine(settings: Settings):
+    from service.store import migrate
+    from service.store.db import make_engine
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.sqlalchemy_url)
+    migrate.upgrade(engine)
+    return engine
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _settings(args)
+    setup_logging(settings.log_level)
+    app = create_app(settings)
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: let that end in exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                timeout_graceful_shutdown=30)
+
+
+def migrate_cmd(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    _engine(settings).dispose()
+    print(f"database at {settings.sqlalchemy_url.split('@')[-1]} is up to date")
+
+
+def keys_create(args: argparse.Namespace) -> None:
+    from service.store.keys import KeyStore
+
+    engine = _engine(_settings(args))
+    key = KeyStore(engine).create(args.tenant, admin=args.admin)
+    engine.dispose()
+    print(f"API key for tenant {args.tenant!r} (shown once; only its hash is stored):")
+    print(key)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m service", description="embedsearch server and tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_data_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--data-dir", type=Path, help="data directory (default $EMBEDSEARCH_DATA_DIR or ./data)")
+        return p
+
+    p = with_data_dir(commands.add_parser("serve", help="run the HTTP server"))
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.set_defaults(func=serve)
+
+    p = with_data_dir(commands.add_parser("migrate", help="create or upgrade the database schema"))
+    p.set_defaults(func=migrate_cmd)
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    p = with_data_dir(keys.add_parser("create", help="create an API key for a tenant and print it"))
+    p.add_argument("--tenant", required=True, help="tenant name (1-64 characters)")
+    p.add_argument("--admin", action="store_true", help="make an admin key")
+    p.set_defaults(func=keys_create)
+
+    args = parser.parse_args(argv)
+    if hasattr(args, "tenant") and not 1 <= len(args.tenant) <= 64:
+        parser.error("--tenant must be 1 to 64 characters")
+    args.func(args)

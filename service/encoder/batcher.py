@@ -1,0 +1,201 @@
+"""Dynamic batching: the only door to a model.
+
+Concurrent ``await batcher.embed(sequences)`` calls are queued per sequence. One worker takes a
+pool of queued sequences in arrival order (a few batches' worth of tokens), sorts the pool by
+length so that padding stays small, cuts it into batches bounded by a padded-token budget and a
+batch size, and runs them one after another on a single inference thread. A request with many
+inputs is thereby split across batches, and short requests arriving meanwhile wait for at most one
+pool. The queue is bounded: past ``max_pending`` sequences, :meth:`embed` refuses at once with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from service.errors import Unavailable
+
+log = logging.getLogger("service.batcher")
+
+
+@dataclass(eq=False)
+class _Job:
+    future: asyncio.Future[np.ndarray]
+    result: np.ndarray
+    remaining: int
+
+
+@dataclass(slots=True)
+class _Item:
+    job: _Job
+    row: int
+    ids: list[int]
+
+
+@dataclass
+class BatcherStats:
+    forward_passes: int = 0
+    sequences: int = 0
+    padded_tokens: int = 0
+    real_tokens: int = 0
+    recent_batch_sizes: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=1024))
+
+
+class Batcher:
+    def __init__(
+        self,
+        encode: Callable[[list[list[int]]], np.ndarray],
+        dimension: int,
+        *,
+        max_tokens: int = 16384,
+        max_batch: int = 256,
+        max_wait: float = 0.002,
+        max_pending: int = 16384,
+        name: str = "model",
+    ) -> None:
+        self._encode = encode
+        self.dimension = dimension
+        self.max_tokens = max_tokens
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.max_pending = max_pending
+        self.name = name
+        self.stats = BatcherStats()
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._queued_tokens = 0
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encoder-{name}")
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+        while self._queue:
+            job = self._queue.popleft().job
+            if not job.future.done():
+                job.future.set_exception(Unavailable("The server is shutting down.", code="shutting_down"))
+        self._executor.shutdown(wait=True)
+
+    async def embed(self, sequences: list[list[int]]) -> np.ndarray:
+        """Embed token-id sequences; returns [len(sequences), dimension] float32, L2-normalised."""
+        if not sequences:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        if len(self._queue) + len(sequences) > self.max_pending:
+            raise Unavailable(
+                f"The {self.name} encoder queue is full ({len(self._queue)} inputs waiting); retry shortly.",
+                retry_after=1,
+            )
+        loop = asyncio.get_running_loop()
+        job = _Job(loop.create_future(), np.empty((len(sequences), self.dimension), dtype=np.float32), len(sequences))
+        for row, ids in enumerate(sequences):
+            self._queue.append(_Item(job, row, ids))
+            self._queued_tokens += len(ids)
+        self._wakeup.set()
+        self.start()
+        return await job.future
+
+    def _take_pool(self) -> list[_Item]:
+        """Queued items in arrival order, up to a few batches' worth of tokens; cancelled jobs dropped."""
+        pool: list[_Item] = []
+        tokens = 0
+        budget = 4 * self.max_tokens
+        while self._queue and (not pool or tokens + len(self._queue[0].ids) <= budget):
+            item = self._queue.popleft()
+            self._queued_tokens -= len(item.ids)
+            if item.job.future.done():
+                continue
+            pool.append(item)
+            tokens += len(item.ids)
+        return pool
+
+    def _split(self, pool: list[_Item]) -> list[list[_Item]]:
+        pool.sort(key=lambda item: len(item.ids))
+        batches: list[list[_Item]] = []
+        current: list[_Item] = []
+        for item in pool:  # ascending length: the item being added is the batch's longest
+            if current and (len(current) >= self.max_batch or (len(current) + 1) * len(item.ids) > self.max_tokens):
+                batches.append(current)
+                current = []
+            current.append(item)
+        if current:
+            batches.append(current)
+        return batches
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                # Give concurrent requests a moment to join, unless a full batch is already waiting.
+                deadline = time.monotonic() + self.max_wait
+                while self._queued_tokens < self.max_tokens and len(self._queue) < self.max_batch:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    except TimeoutError:
+                        break
+            for batch in self._split(self._take_pool()):
+                batch = [item for item in batch if not item.job.future.done()]
+                if not batch:
+                    continue
+                sequences = [item.ids for item in batch]
+                try:
+                    vectors = await loop.run_in_executor(self._executor, self._encode_safely, sequences)
+                except Exception as exc:  # a failed forward fails its requests, not the worker
+                    log.exception("forward pass of %d sequences failed", len(batch))
+                    for item in batch:
+                        if not item.job.future.done():
+                            item.job.future.set_exception(exc)
+                    continue
+                self._record(sequences)
+                for item, vector in zip(batch, vectors):
+                    job = item.job
+                    if job.future.done():
+                        continue
+                    job.result[item.row] = vector
+                    job.remaining -= 1
+                    if job.remaining == 0:
+                        job.future.set_result(job.result)
+
+    def _encode_safely(self, sequences: list[list[int]]) -> np.ndarray:
+        """Run a batch; on an out-of-memory error, run its halves instead."""
+        try:
+            return self._encode(sequences)
+        except Exception as exc:
+            if len(sequences) < 2 or "out of memory" not in str(exc).lower():
+                raise
+            log.warning("out of memory on a batch of %d; splitting it", len(sequences))
+            half = len(sequences) // 2
+            return np.concatenate([self._encode_safely(sequences[:half]), self._encode_safely(sequences[half:])])
+
+    def _record(self, sequences: list[list[int]]) -> None:
+        stats = self.stats
+        stats.forward_passes += 1
+        stats.sequences += len(sequences)
+        stats.real_tokens += sum(len(s) for s in sequences)
+        stats.padded_tokens += len(sequences) * max(len(s) for s in sequences)
+        stats.recent_batch_sizes.append(len(sequences))

@@ -1,0 +1,95 @@
+"""The served models: each loads in the background at start-up and gets its own batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.encoder.batcher import Batcher
+from service.encoder.encoder import Encoder
+from service.encoder.loader import load, pick_device, pick_dtype
+from service.encoder.registry import ModelSpec, Registry
+from service.errors import ModelNotFound, Unavailable
+from service.settings import Settings
+
+log = logging.getLogger("service.encoder")
+
+
+@dataclass
+class ServedModel:
+    spec: ModelSpec
+    status: str = "loading"  # loading | ready | error
+    error: str = ""
+    encoder: Encoder | None = None
+    batcher: Batcher | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+class ModelHub:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        self.dtype = pick_dtype(self.device, settings.dtype)
+        self.models: dict[str, ServedModel] = {}
+        for name in settings.served_models:
+            spec = registry.get(name)
+            if spec is None:
+                raise SystemExit(f"EMBEDSEARCH_MODELS names {name!r}, which is not in the model registry")
+            self.models[name] = ServedModel(spec)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for served in self.models.values():
+            self._tasks.append(asyncio.get_running_loop().create_task(self._load(served)))
+
+    async def wait_ready(self) -> None:
+        await asyncio.gather(*self._tasks)
+
+    async def _load(self, served: ServedModel) -> None:
+        started = time.perf_counter()
+        try:
+            loaded = await asyncio.to_thread(load, served.spec, Path(self.settings.data_dir), self.device, self.dtype)
+        except Exception as exc:
+            log.exception("could not load model %s", served.spec.name)
+            served.status, served.error = "error", f"{type(exc).__name__}: {exc}"
+            return
+        encoder = Encoder(loaded)
+        default_budget = 131072 if self.device.type == "cuda" else 16384
+        served.encoder = encoder
+        served.batcher = Batcher(
+            encoder.encode,
+            encoder.dimension,
+            max_tokens=self.settings.batch_tokens or default_budget,
+            max_batch=self.settings.batch_max_inputs,
+            max_wait=self.settings.batch_wait_ms / 1000,
+            max_pending=self.settings.queue_max_inputs,
+            name=served.spec.name,
+        )
+        served.batcher.start()
+        served.status = "ready"
+        log.info("model %s ready (dimension %d) in %.1f s", served.spec.name, encoder.dimension,
+                 time.perf_counter() - started)
+
+    def get(self, name: str, param: str = "model") -> ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            raise ModelNotFound(f"The model `{name}` does not exist or is not served here.", param=param)
+        if served.status == "loading":
+            raise Unavailable(f"The model `{name}` is still loading; retry shortly.", retry_after=5, code="model_loading")
+        if served.status == "error":
+            raise Unavailable(f"The model `{name}` failed to load.", retry_after=60, code="model_unavailable")
+        return served
+
+    @property
+    def status(self) -> dict[str, str]:
+        return {name: served.status for name, served in self.models.items()}
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for served in self.models.values():
+            if served.batcher is not None:
+                await served.batcher.stop()

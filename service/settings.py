@@ -1,0 +1,70 @@
+"""Service settings, read once from ``EMBEDSEARCH_*`` environment variables.
+
+Every field maps to ``EMBEDSEARCH_<FIELD NAME IN UPPER CASE>``; the README lists them all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import msgspec
+
+ENV_PREFIX = "EMBEDSEARCH_"
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # SQLAlchemy URL; empty means an SQLite file in the data dir.
+    database_url: str = ""
+    # Admin key accepted in addition to the keys stored in the database.
+    api_key: str = ""
+    # Comma-separated public names of the models this server loads and serves.
+    models: str = "gemma3:270m"
+    # Optional TOML or JSON file with extra model registry entries.
+    models_file: str = ""
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    # Dynamic batching: padded tokens per forward pass, longest wait to fill a batch,
+    # pending inputs before new requests are refused with 503.
+    batch_tokens: int = 0  # 0 = 16384 on CPU, 131072 on CUDA
+    batch_max_inputs: int = 256
+    batch_wait_ms: float = 2.0
+    queue_max_inputs: int = 16384
+    # Request limits.
+    max_inputs: int = 2048
+    max_body_bytes: int = 32 * 1024 * 1024
+    truncate: bool = False  # default for requests that do not say; over-long inputs are cut instead of refused
+    log_level: str = "INFO"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'embedsearch.db').resolve()}"
+
+    @property
+    def served_models(self) -> list[str]:
+        return [m.strip() for m in self.models.split(",") if m.strip()]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from the environment; ``overrides`` (e.g. CLI flags) win over it."""
+        environ = os.environ if environ is None else environ
+        raw: dict[str, Any] = {}
+        for name in cls.__struct_fields__:
+            value = environ.get(ENV_PREFIX + name.upper())
+            if value is not None:
+                raw[name] = value
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return msgspec.convert(raw, cls, strict=False, dec_hook=_decode_path)
+        except msgspec.ValidationError as exc:
+            raise SystemExit(f"invalid setting: {exc}") from None
+
+
+def _decode_path(type_: type, value: Any) -> Any:
+    if type_ is Path:
+        return Path(value)
+    raise NotImplementedError

@@ -1,0 +1,53 @@
+"""API keys: only their sha256 is stored; the key itself is shown once, when it is made."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, func, insert, select
+
+from service.store.tables import api_keys
+
+KEY_PREFIX = "es-"
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: str
+    admin: bool
+    key_id: int | None  # None for the key given by EMBEDSEARCH_API_KEY
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class KeyStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create(self, tenant: str, *, admin: bool = False) -> str:
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(api_keys).values(tenant=tenant, key_hash=hash_key(key), prefix=key[:10], admin=admin)
+            )
+        return key
+
+    def lookup(self, key: str) -> Principal | None:
+        digest = hash_key(key)
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(api_keys.c.id, api_keys.c.tenant, api_keys.c.admin, api_keys.c.key_hash).where(
+                    api_keys.c.key_hash == digest
+                )
+            ).first()
+        if row is None or not secrets.compare_digest(row.key_hash, digest):
+            return None
+        return Principal(tenant=row.tenant, admin=bool(row.admin), key_id=row.id)
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(api_keys)).scalar_one()

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings
+from tests.tiny_model import save_tiny_gemma
+
+API_KEY = "test-admin-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="session")
+def models_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Registry entries for tiny models: mean pooling, last-token pooling, and dense layers with prompts."""
+    root = tmp_path_factory.mktemp("models")
+    mean = save_tiny_gemma(root / "tiny")
+    dense = save_tiny_gemma(root / "tiny-dense", dense_out=16)
+    entries = {
+        "tiny": {"source": str(mean), "max_tokens": 64},
+        "tiny-last": {"source": str(mean), "pooling": "last", "max_tokens": 64},
+        "tiny-dense": {
+            "source": str(dense), "max_tokens": 64, "dimension": 16, "bidirectional": True,
+            "query_prompt": "query: ", "document_prompt": "document: ",
+        },
+    }
+    path = root / "models.json"
+    path.write_text(json.dumps({"models": entries}))
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path, models_file: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        api_key=API_KEY,
+        models="tiny,tiny-last,tiny-dense",
+        models_file=str(models_file),
+        batch_wait_ms=5,
+    )
+
+
+def real_model_data_dir() -> Path:
+    """Where tests keep the converted gemma3:270m (converted once, then reused across runs)."""
+    return Path(os.environ.get("EMBEDSEARCH_TEST_CACHE", Path.home() / ".cache" / "embedsearch-tests"))
+
+
+@pytest.fixture
+async def client(settings: Settings):
+    """An in-process client of a fully started app (lifespan run, models loaded)."""
+    from litestar.testing import AsyncTestClient
+
+    from service.app import create_app
+
+    app = create_app(settings)
+    async with AsyncTestClient(app, base_url="http://testserver.local") as client:
+        await wait_ready(client)
+        client.headers.update(AUTH)
+        yield client
+
+
+async def wait_ready(client, timeout: float = 120.0) -> None:
+    """Poll /health until every model is loaded (the app runs in its own event loop)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = (await client.get("/health")).json()["status"]
+        if status == "ready":
+            return
+        assert status == "loading", status
+        await asyncio.sleep(0.05)
+    raise TimeoutError("models did not load")

@@ -1,0 +1,148 @@
+"""Dynamic batching on a real (tiny) Gemma 3 forward pass."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.encoder.batcher import Batcher
+from service.encoder.encoder import Encoder
+from service.encoder.loader import load
+from service.encoder.registry import Registry
+from service.errors import Unavailable
+from tests.tiny_model import WORDS
+
+
+@pytest.fixture(scope="module")
+def encoder(models_file: Path) -> Encoder:
+    spec = Registry.load(models_file).get("tiny")
+    return Encoder(load(spec, Path("unused"), torch.device("cpu"), torch.float32))
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=rng.integers(1, 40))) for _ in range(n)]
+
+
+async def test_concurrent_requests_share_a_forward_pass_and_match_unbatched(encoder: Encoder):
+    sequences = encoder.tokenize(sentences(16))
+    expected = np.concatenate([encoder.encode([s]) for s in sequences])
+    batcher = Batcher(encoder.encode, encoder.dimension, max_wait=0.05)
+    try:
+        results = await asyncio.gather(*(batcher.embed([s]) for s in sequences))
+    finally:
+        await batcher.stop()
+    np.testing.assert_allclose(np.concatenate(results), expected, atol=1e-5)
+    assert batcher.stats.sequences == 16
+    assert batcher.stats.forward_passes < 16
+    assert max(batcher.stats.recent_batch_sizes) > 1
+
+
+async def test_a_large_request_is_split_into_batches_by_token_budget(encoder: Encoder):
+    sequences = encoder.tokenize(sentences(40, seed=1))
+    expected = np.concatenate([encoder.encode([s]) for s in sequences])
+    padded: list[int] = []
+
+    def encode(batch: list[list[int]]) -> np.ndarray:
+        padded.append(len(batch) * max(len(s) for s in batch))
+        assert len(batch) <= 8
+        return encoder.encode(batch)
+
+    batcher = Batcher(encode, encoder.dimension, max_tokens=128, max_batch=8)
+    try:
+        result = await batcher.embed(sequences)
+    finally:
+        await batcher.stop()
+    np.testing.assert_allclose(result, expected, atol=1e-5)
+    assert len(padded) >= 5
+    assert max(padded) <= 128
+
+
+async def test_sorting_by_length_keeps_padding_small():
+    seen: list[list[int]] = []
+
+    def encode(batch: list[list[int]]) -> np.ndarray:
+        seen.append(sorted(len(s) for s in batch))
+        return np.ones((len(batch), 2), dtype=np.float32)
+
+    batcher = Batcher(encode, 2, max_batch=2, max_wait=0.05)
+    lengths = [30, 2, 31, 3]
+    try:
+        await asyncio.gather(*(batcher.embed([[1] * n]) for n in lengths))
+    finally:
+        await batcher.stop()
+    assert sorted(seen) == [[2, 3], [30, 31]]
+    assert batcher.stats.padded_tokens == 2 * 3 + 2 * 31
+
+
+async def test_full_queue_refuses_at_once_with_retry_after():
+    def encode(batch: list[list[int]]) -> np.ndarray:
+        return np.ones((len(batch), 2), dtype=np.float32)
+
+    batcher = Batcher(encode, 2, max_pending=4, max_wait=0.2)
+    try:
+        first = asyncio.ensure_future(batcher.embed([[1]] * 4))
+        await asyncio.sleep(0)  # queued, the worker still waiting for the batch to fill
+        with pytest.raises(Unavailable) as refused:
+            await batcher.embed([[1]])
+        assert refused.value.status_code == 503
+        assert refused.value.headers["Retry-After"] == "1"
+        assert (await first).shape == (4, 2)
+        assert (await batcher.embed([[1]])).shape == (1, 2)  # accepted again once drained
+    finally:
+        await batcher.stop()
+
+
+async def test_a_failing_forward_fails_its_requests_not_the_worker():
+    calls = 0
+
+    def encode(batch: list[list[int]]) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+        return np.ones((len(batch), 2), dtype=np.float32)
+
+    batcher = Batcher(encode, 2)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.embed([[1, 2]])
+        assert (await batcher.embed([[1, 2]])).shape == (1, 2)
+    finally:
+        await batcher.stop()
+
+
+async def test_out_of_memory_splits_the_batch():
+    def encode(batch: list[list[int]]) -> np.ndarray:
+        if len(batch) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return np.array([[len(s), 0] for s in batch], dtype=np.float32)
+
+    batcher = Batcher(encode, 2)
+    try:
+        result = await batcher.embed([[1] * n for n in range(1, 8)])
+    finally:
+        await batcher.stop()
+    np.testing.assert_array_equal(result[:, 0], np.arange(1, 8))
+
+
+async def test_http_overload_is_503_with_retry_after(settings, models_file):
+    from litestar.testing import AsyncTestClient
+
+    import msgspec
+
+    from service.app import create_app
+    from tests.conftest import AUTH, wait_ready
+
+    app = create_app(msgspec.structs.replace(settings, queue_max_inputs=2, models="tiny"))
+    async with AsyncTestClient(app) as client:
+        await wait_ready(client)
+        response = await client.post("/v1/embeddings", json={"model": "tiny", "input": ["a", "b", "c"]}, headers=AUTH)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["error"]["type"] == "server_error"
