@@ -1,0 +1,262 @@
+"""Everything that depends on the *structure* of a FAISS index built from a factory string.
+
+* :func:`create` builds the index (invalid strings -> ValueError),
+* :func:`describe` finds the parts we tune (HNSW graph, IVF lists) and decides how ids and deletes are
+  handled (:class:`Layout`),
+* :func:`min_training_size` says how many vectors the index needs before it can be trained,
+* :func:`search_params` builds the nested ``SearchParameters`` object for an index.
+
+Id handling ("mode"):
+
+``"ivf"``
+    IVF indexes (optionally behind a pre-transform such as OPQ/PCA) store arbitrary int64 ids and support
+    ``remove_ids``; a hashtable direct map makes ``reconstruct(id)`` work. FAISS labels are the caller's ids.
+``"idmap"``
+    Indexes that support ``remove_ids`` but not ``add_with_ids`` (Flat, PQ, SQ, LSH...) are wrapped in an
+    ``IndexIDMap2``. FAISS labels are the caller's ids.
+``"tombstone"``
+    Indexes that cannot remove vectors (HNSW*, refine indexes such as "IVF64,PQ16,RFlat"). FAISS labels are positions (0..ntotal-1); the caller's ids map to
+    positions, deleted positions are tombstones excluded with an ``IDSelectorBitmap`` at search time and
+    purged by a rebuild (compaction).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import faiss
+import numpy as np
+
+METRIC_TYPES = {"cosine": faiss.METRIC_INNER_PRODUCT, "dot": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+
+# faiss.Clustering warns below 39 training points per centroid.
+MIN_POINTS_PER_CENTROID = 39
+# Training size used for index types that train something other than k-means (scalar quantizer ranges,
+# LSH thresholds, ...).
+DEFAULT_MIN_TRAIN = 1000
+
+
+def faiss_message(exc: BaseException) -> str:
+    """The useful part of a FAISS C++ exception message."""
+    text = str(exc).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else text
+    m = re.search(r" at \S+:\d+: (.*)$", last)
+    msg = m.group(1) if m else last
+    return msg.replace("Error: ", "", 1).strip()
+
+
+def create(dimension: int, metric: str, factory: str) -> faiss.Index:
+    try:
+        index = faiss.index_factory(dimension, factory, METRIC_TYPES[metric])
+    except RuntimeError as exc:
+        raise ValueError(
+            f"invalid FAISS factory string {factory!r} for dimension {dimension}: {faiss_message(exc)}"
+        ) from None
+    # index_factory already returns the most derived (owning) wrapper; never downcast_index an owning
+    # object and drop it: downcast_index returns a non-owning view of the same C++ object.
+    disable_polysemous_training(index)
+    return index
+
+
+def disable_polysemous_training(index) -> None:
+    """index_factory turns on polysemous training for PQ codecs (unless the string ends in "np").
+    It only serves polysemous (Hamming-filtered) search, which is never used here, and makes PQ
+    training several times slower, so it is switched off."""
+    stack = [index]
+    while stack:
+        obj = _down(stack.pop())
+        if obj is None:
+            continue
+        if hasattr(obj, "do_polysemous_training"):
+            obj.do_polysemous_training = False
+        for attr in ("index", "base_index", "storage"):
+            sub = getattr(obj, attr, None)
+            if isinstance(sub, faiss.Index):
+                stack.append(sub)
+
+
+def _down(index):
+    return faiss.downcast_index(index) if index is not None else None
+
+
+def unwrap(index) -> faiss.Index:
+    """Strip IndexIDMap/IndexIDMap2 and IndexPreTransform wrappers."""
+    index = _down(index)
+    while True:
+        if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+            index = _down(index.index)
+        elif isinstance(index, faiss.IndexPreTransform):
+            index = _down(index.index)
+        else:
+            return index
+
+
+def find_hnsw(index) -> faiss.IndexHNSW | None:
+    inner = unwrap(index)
+    if isinstance(inner, faiss.IndexRefine):
+        inner = unwrap(inner.base_index)
+    return inner if isinstance(inner, faiss.IndexHNSW) else None
+
+
+def find_ivf(index) -> faiss.IndexIVF | None:
+    inner = unwrap(index)
+    if isinstance(inner, faiss.IndexRefine):
+        inner = unwrap(inner.base_index)
+    return inner if isinstance(inner, faiss.IndexIVF) else None
+
+
+def supports_selector(index) -> bool:
+    """Whether ``index.search`` honours ``SearchParameters.sel`` (probed on faiss 1.15)."""
+    inner = unwrap(index)
+    if isinstance(inner, faiss.IndexRefine):
+        return supports_selector(inner.base_index)
+    return isinstance(inner, (faiss.IndexHNSW, faiss.IndexIVF, faiss.IndexFlat, faiss.IndexScalarQuantizer))
+
+
+def _removable(index) -> bool:
+    try:
+        index.remove_ids(np.empty(0, dtype=np.int64))
+    except RuntimeError:
+        return False
+    return True
+
+
+def unsupported_reason(index) -> str | None:
+    """Why VectorIndex cannot manage this index type, or None."""
+    inner = unwrap(index)
+    if isinstance(inner, faiss.IndexRefine):
+        inner = unwrap(inner.base_index)
+    if isinstance(inner, (faiss.IndexIVFFastScan, faiss.IndexFastScan)):
+        # Block (fast-scan) inverted lists cannot remove through a direct map, and on faiss 1.15 a
+        # deserialized IVF fast-scan index crashes in reconstruct(): no reliable deletes or reloads.
+        return 'fast-scan ("...fs") indexes are not supported (no reliable removal/reconstruction in FAISS)'
+    return None
+
+
+def classify(index) -> str:
+    """Return the id-handling mode ("ivf", "idmap" or "tombstone") of a freshly built index."""
+    top = _down(index)
+    below_transform = _down(top.index) if isinstance(top, faiss.IndexPreTransform) else top
+    if isinstance(below_transform, faiss.IndexIVF):
+        return "ivf"
+    if _removable(top):
+        return "idmap"
+    return "tombstone"
+
+
+@dataclasses.dataclass
+class Layout:
+    mode: str
+    hnsw: faiss.IndexHNSW | None
+    ivf: faiss.IndexIVF | None
+    exact: bool  # searching the index is already exact (IndexFlat storage)
+    selector: bool  # search honours IDSelector
+    gpu_capable: bool
+
+
+def describe(main, mode: str) -> Layout:
+    inner = unwrap(main)
+    gpu_capable = mode in ("ivf", "idmap") and not isinstance(_down(main), faiss.IndexPreTransform)
+    gpu_types = (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexIVFPQ, faiss.IndexIVFScalarQuantizer)
+    gpu_capable = gpu_capable and isinstance(inner, gpu_types) and not isinstance(inner, faiss.IndexIVFFastScan)
+    return Layout(
+        mode=mode,
+        hnsw=find_hnsw(main),
+        ivf=find_ivf(main),
+        exact=isinstance(inner, faiss.IndexFlat),
+        selector=supports_selector(main),
+        gpu_capable=gpu_capable,
+    )
+
+
+def _codec_min_train(obj) -> int:
+    """Training size needed by the codec of an index / quantizer object (0 if none)."""
+    need = 0
+    pq = getattr(obj, "pq", None)
+    if pq is not None and hasattr(pq, "ksub"):
+        need = max(need, int(pq.ksub) * MIN_POINTS_PER_CENTROID)
+    for attr in ("rq", "lsq", "prq", "plsq", "aq"):
+        aq = getattr(obj, attr, None)
+        if aq is not None and hasattr(aq, "nbits"):
+            try:
+                nbits = max(int(b) for b in faiss.vector_to_array(aq.nbits))
+            except Exception:  # pragma: no cover - defensive
+                nbits = 8
+            need = max(need, (1 << nbits) * MIN_POINTS_PER_CENTROID)
+    if isinstance(obj, (faiss.IndexScalarQuantizer, faiss.IndexIVFScalarQuantizer)):
+        need = max(need, DEFAULT_MIN_TRAIN)
+    return need
+
+
+def min_training_size(index) -> int:
+    """Number of vectors to collect before training ``index`` (0 if it needs no training)."""
+    index = _down(index)
+    if index is None:
+        return 0
+    if isinstance(index, faiss.IndexPreTransform):
+        need = min_training_size(index.index)
+        for i in range(index.chain.size()):
+            vt = faiss.downcast_VectorTransform(index.chain.at(i))
+            if vt.is_trained:
+                continue
+            if isinstance(vt, faiss.OPQMatrix):
+                need = max(need, 256 * MIN_POINTS_PER_CENTROID)
+            else:
+                need = max(need, int(vt.d_in), DEFAULT_MIN_TRAIN)
+        return need
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return min_training_size(index.index)
+    if isinstance(index, faiss.IndexRefine):
+        return max(min_training_size(index.base_index), min_training_size(index.refine_index))
+    if isinstance(index, faiss.IndexHNSW):
+        return min_training_size(index.storage)
+    if index.is_trained:
+        return 0
+    if isinstance(index, faiss.IndexIVF):
+        need = int(index.nlist) * MIN_POINTS_PER_CENTROID
+        if not index.quantizer.is_trained:
+            need = max(need, min_training_size(index.quantizer))
+        return max(need, _codec_min_train(index))
+    return _codec_min_train(index) or DEFAULT_MIN_TRAIN
+
+
+def default_nprobe(nlist: int) -> int:
+    """~sqrt(nlist), at least 8 lists (all lists for tiny nlist)."""
+    return int(min(nlist, max(8, round(math.sqrt(nlist)))))
+
+
+def search_params(index, sel=None, ef_search: int | None = None, nprobe: int | None = None):
+    """Nested SearchParameters for ``index`` carrying ``sel``/efSearch/nprobe, or None if nothing to set."""
+    index = _down(index)
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        # IndexIDMap translates params.sel from external ids and forwards params to the sub-index.
+        return search_params(index.index, sel, ef_search, nprobe)
+    if isinstance(index, faiss.IndexPreTransform):
+        inner = search_params(index.index, sel, ef_search, nprobe)
+        return None if inner is None else faiss.SearchParametersPreTransform(index_params=inner)
+    if isinstance(index, faiss.IndexRefine):
+        base = search_params(index.base_index, sel, ef_search, nprobe)
+        if base is None:
+            return None
+        return faiss.IndexRefineSearchParameters(k_factor=float(index.k_factor), base_index_params=base)
+    if isinstance(index, faiss.IndexHNSW):
+        p = faiss.SearchParametersHNSW()
+        if ef_search is not None:
+            p.efSearch = int(ef_search)
+        else:
+            p.efSearch = int(index.hnsw.efSearch)
+        if sel is not None:
+            p.sel = sel
+        return p
+    if isinstance(index, faiss.IndexIVF):
+        p = faiss.SearchParametersIVF()
+        p.nprobe = int(nprobe if nprobe is not None else index.nprobe)
+        if sel is not None:
+            p.sel = sel
+        return p
+    if sel is None:
+        return None
+    return faiss.SearchParameters(sel=sel)

@@ -1,0 +1,9 @@
+"""Fixtures for the index tests (helpers live in _index_helpers.py)."""
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,115 @@
+"""Filtered search returns the true top-k among the allowed ids (never fewer than available)."""
+
+import numpy as np
+import pytest
+
+import faiss
+
+from index import VectorIndex
+from _index_helpers import assert_topk_equal, recall_at_k, reference_knn
+
+D = 16
+LOSSLESS = ["Flat", "HNSW32", "IVF16,Flat"]
+
+
+def _index(rng, factory, metric, n=3000):
+    x = rng.standard_normal((n, D)).astype(np.float32)
+    ids = rng.permutation(20 * n)[:n].astype(np.int64)
+    vi = VectorIndex(D, metric, factory)
+    vi.upsert(ids, x)
+    return vi, ids, x
+
+
+@pytest.mark.parametrize("factory", LOSSLESS)
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+def test_small_allowed_set_is_exact(rng, factory, metric, monkeypatch):
+    vi, ids, x = _index(rng, factory, metric)
+    sel = rng.choice(len(ids), 60, replace=False)
+    q = rng.standard_normal((15, D)).astype(np.float32)
+    if factory != "Flat":  # approximate indexes must not be asked: brute force over the 60 vectors
+        monkeypatch.setattr(vi._main, "search", None)
+    s, i = vi.search(q, 10, allowed_ids=ids[sel])
+    assert np.isin(i, ids[sel]).all()
+    assert_topk_equal(s, i, *reference_knn(ids[sel], x[sel], q, 10, metric))
+
+
+@pytest.mark.parametrize("factory", LOSSLESS)
+def test_large_allowed_set_uses_the_index(rng, factory, monkeypatch):
+    vi, ids, x = _index(rng, factory, "l2")
+    vi.exact_search_min_ids = 1000  # default 4096 would cover this small test index
+    sel = np.flatnonzero(rng.random(len(ids)) < 0.6)  # above every exact-search threshold
+    assert sel.size > vi.exact_search_fraction * len(vi) and sel.size > vi.exact_search_min_ids
+
+    def no_brute_force(*args, **kwargs):
+        raise AssertionError("brute force used for a large allowed set")
+
+    monkeypatch.setattr(VectorIndex, "_search_exact", no_brute_force)
+    q = rng.standard_normal((30, D)).astype(np.float32)
+    s, i = vi.search(q, 10, allowed_ids=ids[sel])
+    assert (i >= 0).all() and np.isin(i, ids[sel]).all()
+    ref = reference_knn(ids[sel], x[sel], q, 10, "l2")
+    if factory == "Flat":
+        assert_topk_equal(s, i, *ref)
+    else:
+        assert recall_at_k(i, ref[1]) >= 0.95
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF16,Flat"])
+def test_index_path_with_selector_when_exact_disabled(rng, factory):
+    """Force the FAISS IDSelector path even for a 5% filter: still k results, all allowed."""
+    vi, ids, x = _index(rng, factory, "cosine")
+    vi.exact_search_min_ids = 0
+    vi.exact_search_fraction = 0.0
+    sel = rng.choice(len(ids), 150, replace=False)
+    q = rng.standard_normal((30, D)).astype(np.float32)
+    s, i = vi.search(q, 10, allowed_ids=ids[sel])
+    assert (i >= 0).all() and np.isin(i, ids[sel]).all()
+    assert recall_at_k(i, reference_knn(ids[sel], x[sel], q, 10, "cosine")[1]) >= 0.9
+
+
+def test_allowed_ids_unknown_removed_and_fewer_than_k(rng):
+    vi, ids, x = _index(rng, "HNSW32", "l2", n=500)
+    vi.remove(ids[:3])
+    allowed = np.r_[ids[:3], ids[3:7], 10**15, ids[5]]  # 3 removed, 4 live, 1 unknown, 1 duplicate
+    s, i = vi.search(x[:2], 6, allowed_ids=allowed)
+    assert (np.sort(i[:, :4], axis=1) == np.sort(ids[3:7])).all()
+    assert (i[:, 4:] == -1).all() and np.isinf(s[:, 4:]).all()
+    assert_topk_equal(s, i, *reference_knn(ids[3:7], x[3:7], x[:2], 6, "l2"))
+    s, i = vi.search(x[:2], 3, allowed_ids=np.array([], dtype=np.int64))
+    assert (i == -1).all()
+
+
+def test_filter_on_tombstoned_hnsw(rng):
+    vi, ids, x = _index(rng, "HNSW32", "dot", n=2000)
+    vi.compact_threshold = 1.0
+    vi.remove(ids[::2])  # 50% tombstones
+    sel = np.arange(1, 2000, 2)[:800]  # 800 live, allowed
+    q = rng.standard_normal((20, D)).astype(np.float32)
+    for min_ids in (4096, 0):  # exact path, then the HNSW selector path (bitmap & live)
+        vi.exact_search_min_ids = min_ids
+        s, i = vi.search(q, 10, allowed_ids=np.r_[ids[sel], ids[::2][:50]])
+        assert (i >= 0).all() and np.isin(i, ids[sel]).all()
+        assert recall_at_k(i, reference_knn(ids[sel], x[sel], q, 10, "dot")[1]) >= 0.95
+
+
+def test_filtered_untrained_ivf_is_exact(rng):
+    vi, ids, x = _index(rng, "IVF64,Flat", "cosine", n=1000)
+    assert not vi.is_trained
+    sel = rng.choice(1000, 500, replace=False)
+    q = rng.standard_normal((10, D)).astype(np.float32)
+    assert_topk_equal(*vi.search(q, 10, allowed_ids=ids[sel]), *reference_knn(ids[sel], x[sel], q, 10, "cosine"))
+
+
+def test_ties_are_ordered_by_id():
+    vi = VectorIndex(4, "l2", "Flat")
+    v = np.array([[1, 0, 0, 0]], np.float32)
+    vi.upsert([50, 10, 30, 20, 40], np.repeat(v, 5, axis=0))
+    vi.upsert([5], [[0, 1, 0, 0]])
+    s, i = vi.search(v, 3)
+    np.testing.assert_array_equal(i[0], [10, 20, 30])
+    s, i = vi.search(v, 3, allowed_ids=[50, 40, 5, 30])
+    np.testing.assert_array_equal(i[0], [30, 40, 50])
+    hn = VectorIndex(4, "l2", "HNSW32")
+    hn.upsert([50, 10, 30, 20, 40], np.repeat(v, 5, axis=0))
+    np.testing.assert_array_equal(hn.search(v, 5)[1][0], [10, 20, 30, 40, 50])
+    np.testing.assert_array_equal(hn.search(v, 2, allowed_ids=[40, 50, 30])[1][0], [30, 40])
