@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,9 +16,11 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from sqlalchemy import Engine
 
+from service.api.collections import CollectionsController, principal
 from service.api.embeddings import EmbeddingsController
 from service.api.models import ModelsController, health
 from service.auth import Authenticator, BearerAuthMiddleware
+from service.collections import CollectionsService
 from service.embeddings import EmbeddingsService
 from service.encoder.hub import ModelHub
 from service.encoder.registry import Registry
@@ -25,6 +28,7 @@ from service.errors import exception_handlers
 from service.settings import Settings
 from service.store import migrate
 from service.store.db import make_engine
+from service.store.documents import DocumentStore
 from service.store.keys import KeyStore
 
 log = logging.getLogger("service")
@@ -37,6 +41,7 @@ class Services:
     keys: KeyStore
     hub: ModelHub
     embeddings: EmbeddingsService
+    collections: CollectionsService
 
 
 def ensure_admin_key(keys: KeyStore, settings: Settings) -> str | None:
@@ -65,17 +70,17 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
         ensure_admin_key(keys, settings)
         hub = ModelHub(settings, registry)
         hub.start()
+        embeddings = EmbeddingsService(hub, max_inputs=settings.max_inputs, truncate=settings.truncate)
+        collections = CollectionsService(DocumentStore(engine), embeddings, settings.data_dir, engine.dialect.name)
+        await collections.start()
+        snapshots = asyncio.get_running_loop().create_task(collections.run_snapshots(settings.snapshot_seconds))
         app.state.authenticator = Authenticator(keys, settings.api_key)
-        app.state.services = Services(
-            settings=settings,
-            engine=engine,
-            keys=keys,
-            hub=hub,
-            embeddings=EmbeddingsService(hub, max_inputs=settings.max_inputs, truncate=settings.truncate),
-        )
+        app.state.services = Services(settings, engine, keys, hub, embeddings, collections)
         try:
             yield
         finally:
+            snapshots.cancel()
+            await collections.snapshot_all()
             await hub.stop()
             engine.dispose()
 
@@ -86,8 +91,13 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
         return Provide(dependency, sync_to_thread=False)
 
     return Litestar(
-        route_handlers=[EmbeddingsController, ModelsController, health],
-        dependencies={"hub": provide("hub"), "embeddings": provide("embeddings")},
+        route_handlers=[EmbeddingsController, ModelsController, CollectionsController, health],
+        dependencies={
+            "hub": provide("hub"),
+            "embeddings": provide("embeddings"),
+            "collections": provide("collections"),
+            "principal": Provide(principal, sync_to_thread=False),
+        },
         middleware=[DefineMiddleware(BearerAuthMiddleware, exclude=["^/docs"])],
         exception_handlers=exception_handlers,
         lifespan=[lifespan],

@@ -26,6 +26,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     models: str = "gemma3:270m"
     # Optional TOML or JSON file with extra model registry entries.
     models_file: str = ""
+    # Where converted checkpoints are cached; empty means <data_dir>/models.
+    models_dir: str = ""
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     # Dynamic batching: padded tokens per forward pass, longest wait to fill a batch,
@@ -38,11 +40,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_inputs: int = 2048
     max_body_bytes: int = 32 * 1024 * 1024
     truncate: bool = False  # default for requests that do not say; over-long inputs are cut instead of refused
+    # Seconds between FAISS index snapshots (writes are durable in SQL at once; snapshots shorten replay).
+    snapshot_seconds: float = 10.0
     log_level: str = "INFO"
 
     @property
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'embedsearch.db').resolve()}"
+
+    @property
+    def model_cache(self) -> Path:
+        return Path(self.models_dir) if self.models_dir else self.data_dir / "models"
 
     @property
     def served_models(self) -> list[str]:

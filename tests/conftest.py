@@ -43,9 +43,9 @@ def settings(tmp_path: Path, models_file: Path) -> Settings:
     )
 
 
-def real_model_data_dir() -> Path:
+def real_model_cache() -> Path:
     """Where tests keep the converted gemma3:270m (converted once, then reused across runs)."""
-    return Path(os.environ.get("EMBEDSEARCH_TEST_CACHE", Path.home() / ".cache" / "embedsearch-tests"))
+    return Path(os.environ.get("EMBEDSEARCH_TEST_CACHE", Path.home() / ".cache" / "embedsearch-tests" / "models"))
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 from service.encoder.encoder import Encoder
 from service.encoder.loader import CONVERTED_MARK, load
 from service.encoder.registry import Registry
-from tests.conftest import real_model_data_dir
+from tests.conftest import real_model_cache
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +26,9 @@ PAIRS = [
 @pytest.fixture(scope="module")
 def gemma() -> Encoder:
     spec = Registry.load().get("gemma3:270m")
-    data_dir = real_model_data_dir()
-    encoder = Encoder(load(spec, data_dir, torch.device("cpu"), torch.float32))
-    assert (data_dir / "models" / "gemma3-270m" / CONVERTED_MARK).exists()
+    cache = real_model_cache()
+    encoder = Encoder(load(spec, cache, torch.device("cpu"), torch.float32))
+    assert (cache / "gemma3-270m" / CONVERTED_MARK).exists()
     return encoder
 
 
@@ -45,3 +45,24 @@ def test_real_gemma3_270m_ranks_paraphrases_above_unrelated_sentences(gemma: Enc
     # batched and one-at-a-time forwards agree
     single = np.concatenate([gemma.encode(gemma.tokenize([t])) for t in texts[:3]])
     np.testing.assert_allclose(single, vectors[:3], atol=1e-5)
+
+
+async def test_text_collection_end_to_end_finds_the_paraphrased_document(tmp_path, gemma):
+    """Upsert texts into a collection backed by gemma3:270m, search by paraphrase, over HTTP."""
+    from litestar.testing import AsyncTestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+    from tests.conftest import AUTH, API_KEY, wait_ready
+
+    settings = Settings(data_dir=tmp_path / "data", api_key=API_KEY, models_dir=str(real_model_cache()))
+    async with AsyncTestClient(create_app(settings)) as client:
+        await wait_ready(client)
+        client.headers.update(AUTH)
+        assert (await client.post("/v1/collections", json={"name": "kb", "model": "gemma3:270m"})).status_code == 201
+        docs = [{"id": f"doc{i}", "text": answer} for i, (_, answer) in enumerate(PAIRS)]
+        docs.append({"id": "other", "text": "Photosynthesis turns sunlight into chemical energy in green plants."})
+        assert (await client.post("/v1/collections/kb/documents", json={"documents": docs})).status_code == 200
+        for i, (question, _) in enumerate(PAIRS):
+            hits = (await client.post("/v1/collections/kb/search", json={"query": question, "top_k": 3})).json()["data"]
+            assert hits[0]["id"] == f"doc{i}", (question, hits)

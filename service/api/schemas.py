@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -54,3 +54,121 @@ class ModelList(msgspec.Struct, kw_only=True):
 class Health(msgspec.Struct, kw_only=True):
     status: Literal["ready", "loading", "error"]
     models: dict[str, str]
+
+
+# -- collections and documents ---------------------------------------------------------------
+
+Metric = Literal["cosine", "dot", "l2"]
+Filter = dict[str, Any]
+Include = Literal["text", "metadata", "vector"]
+
+
+class CollectionCreate(msgspec.Struct, kw_only=True):
+    name: str
+    # An embeddings model: documents and queries may then be given as text.
+    model: str | None = None
+    # Required without a model; with one, defaults to the model's size (smaller = Matryoshka truncation).
+    dimension: int | None = None
+    metric: Metric = "cosine"
+    # A FAISS index_factory string: Flat, HNSW32, IVF1024,Flat, IVF256,PQ16, ...
+    index: str = "Flat"
+
+
+class Collection(msgspec.Struct, kw_only=True):
+    object: Literal["collection"] = "collection"
+    name: str
+    model: str | None
+    dimension: int
+    metric: Metric
+    index: str
+    count: int  # documents in SQL
+    indexed: int  # vectors in the FAISS index (equal to count once every write is applied)
+    created_at: int
+
+
+class CollectionList(msgspec.Struct, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[Collection]
+
+
+class Deleted(msgspec.Struct, kw_only=True):
+    id: str
+    object: str
+    deleted: bool = True
+
+
+class DocumentIn(msgspec.Struct, kw_only=True):
+    id: str | None = None
+    text: str | None = None
+    vector: list[float] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class UpsertRequest(msgspec.Struct, kw_only=True):
+    documents: list[DocumentIn]
+
+
+class UpsertResponse(msgspec.Struct, kw_only=True):
+    ids: list[str]
+    upserted: int
+    usage: Usage
+
+
+class Document(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    text: str | None = None
+    metadata: dict[str, Any] = {}
+    vector: list[float] | None = None
+
+
+class DocumentPage(msgspec.Struct, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[Document]
+    # Pass as `cursor` to get the next page; null on the last page.
+    next_cursor: str | None
+    has_more: bool
+
+
+class DeleteRequest(msgspec.Struct, kw_only=True):
+    ids: list[str] | None = None
+    filter: Filter | None = None
+
+
+class DeleteResponse(msgspec.Struct, kw_only=True):
+    deleted: int
+
+
+class SearchRequest(msgspec.Struct, kw_only=True):
+    # Exactly one of: query (text), vector, queries (texts), vectors.
+    query: str | None = None
+    vector: list[float] | None = None
+    queries: list[str] | None = None
+    vectors: list[list[float]] | None = None
+    top_k: int = 10
+    filter: Filter | None = None
+    include: list[Include] = msgspec.field(default_factory=lambda: ["text", "metadata"])
+    # cosine and dot: keep hits scoring at least this; l2: keep hits at most this far.
+    min_score: float | None = None
+
+
+class Hit(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    # cosine: cosine similarity; dot: inner product (both higher is better); l2: Euclidean distance (lower is better).
+    score: float
+    text: str | None = None
+    metadata: dict[str, Any] | None = None
+    vector: list[float] | None = None
+
+
+class SearchResponse(msgspec.Struct, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[Hit]
+    usage: Usage
+
+
+class BatchSearchResponse(msgspec.Struct, kw_only=True):
+    """For `queries` / `vectors`: one list of hits per query, in order."""
+
+    object: Literal["list"] = "list"
+    data: list[list[Hit]]
+    usage: Usage

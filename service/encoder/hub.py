@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from service.encoder.batcher import Batcher
 from service.encoder.encoder import Encoder
@@ -51,7 +50,7 @@ class ModelHub:
     async def _load(self, served: ServedModel) -> None:
         started = time.perf_counter()
         try:
-            loaded = await asyncio.to_thread(load, served.spec, Path(self.settings.data_dir), self.device, self.dtype)
+            loaded = await asyncio.to_thread(load, served.spec, self.settings.model_cache, self.device, self.dtype)
         except Exception as exc:
             log.exception("could not load model %s", served.spec.name)
             served.status, served.error = "error", f"{type(exc).__name__}: {exc}"

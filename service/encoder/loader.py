@@ -70,10 +70,10 @@ def convert_gguf(package: str, target: Path) -> Path:
     return target
 
 
-def checkpoint_dir(spec: ModelSpec, data_dir: Path) -> str:
+def checkpoint_dir(spec: ModelSpec, cache: Path) -> str:
     """Local directory (or hub id) that ``from_pretrained`` can read for ``spec``."""
     if spec.source.startswith("gguf:"):
-        return str(convert_gguf(spec.source[len("gguf:"):], data_dir / "models" / spec.name.replace(":", "-")))
+        return str(convert_gguf(spec.source[len("gguf:"):], cache / spec.name.replace(":", "-")))
     return spec.source
 
 
@@ -128,10 +128,11 @@ class LoadedModel:
     pad_id: int
 
 
-def load(spec: ModelSpec, data_dir: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def load(spec: ModelSpec, cache: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Load ``spec`` for inference; packaged GGUFs are converted into ``cache`` first."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    source = checkpoint_dir(spec, data_dir)
+    source = checkpoint_dir(spec, cache)
     config = AutoConfig.from_pretrained(source)
     text_config = getattr(config, "text_config", config)
     if spec.bidirectional:

@@ -1,0 +1,481 @@
+"""Collections: the one place that decides the order of SQL and FAISS writes.
+
+Order of a write: validate everything, embed texts (outside any lock), then under the collection's
+write lock commit to SQL (the source of truth: vectors included) and apply the same change to the
+in-memory FAISS index. The client hears back only after the commit, so an acknowledged write
+survives a crash; the index on disk is a snapshot tagged with the write-log position it reflects,
+saved in the background, and on start it is loaded and brought up to date from SQL (or rebuilt).
+Searches hold the read lock across the FAISS search and the SQL fetch of the hits, so they never
+see half of an upsert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import math
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import ColumnElement, true
+
+from index import VectorIndex, build_from_chunks
+from service.api.schemas import (
+    BatchSearchResponse,
+    Collection,
+    CollectionCreate,
+    CollectionList,
+    DeleteRequest,
+    DeleteResponse,
+    Deleted,
+    Document,
+    DocumentIn,
+    DocumentPage,
+    Hit,
+    SearchRequest,
+    SearchResponse,
+    UpsertRequest,
+    UpsertResponse,
+    Usage,
+)
+from service.embeddings import EmbeddingsService, truncate_dimensions
+from service.errors import Conflict, InvalidRequest, NotFound
+from service.rwlock import RWLock
+from service.store.documents import CollectionRow, DocumentStore, DuplicateCollection, NewDocument, StoredDocument
+from service.store.filters import compile_filter
+from service.store.keys import Principal
+from service.store.tables import documents
+
+log = logging.getLogger("service.collections")
+
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_DOCUMENTS = 1000
+MAX_ID_LENGTH = 256
+MAX_QUERIES = 256
+MAX_DIMENSION = 65536
+
+
+@dataclass(eq=False)
+class LiveCollection:
+    row: CollectionRow
+    index: VectorIndex
+    position: int  # last write-log position the in-memory index reflects
+    saved_position: int  # position of the snapshot on disk (-1: none)
+    lock: RWLock = field(default_factory=RWLock)
+
+
+class CollectionsService:
+    def __init__(self, store: DocumentStore, embeddings: EmbeddingsService, data_dir: Path, dialect: str) -> None:
+        self.store = store
+        self.embeddings = embeddings
+        self.index_dir = data_dir / "indexes"
+        self.dialect = dialect
+        self._live: dict[tuple[str, str], LiveCollection] = {}
+        self._admin = asyncio.Lock()  # create / delete
+
+    # -- start-up, snapshots, shutdown -----------------------------------------------------
+    def _index_path(self, row: CollectionRow) -> Path:
+        return self.index_dir / f"{row.id}.faiss"
+
+    def _open(self, row: CollectionRow) -> LiveCollection:
+        """Load a collection's snapshot and replay the writes after it, or rebuild it from SQL."""
+        path = self._index_path(row)
+        try:
+            index, position = VectorIndex.load(path)
+            removed, seqs, vectors = self.store.changes_since(row.id, position, row.dimension)
+            index.remove(removed)
+            index.upsert(seqs, vectors)
+            saved = position
+            position = max(position, row.last_position)
+            if len(index) != self.store.count(row.id):
+                raise ValueError(f"index has {len(index)} vectors after replay, SQL has {self.store.count(row.id)}")
+            log.info("collection %s/%s: snapshot at %d, replayed %d additions and %d removals",
+                     row.tenant, row.name, saved, len(seqs), len(removed))
+        except FileNotFoundError:
+            index, position, saved = self._rebuild(row), row.last_position, -1
+        except Exception as exc:  # a corrupt or inconsistent snapshot: SQL is the source of truth
+            log.warning("collection %s/%s: rebuilding the index from SQL (%s)", row.tenant, row.name, exc)
+            index, position, saved = self._rebuild(row), row.last_position, -1
+        return LiveCollection(row=row, index=index, position=position, saved_position=saved)
+
+    def _rebuild(self, row: CollectionRow) -> VectorIndex:
+        log.info("collection %s/%s: rebuilding its index from SQL", row.tenant, row.name)
+        chunks = self.store.iter_vectors(row.id, row.dimension)
+        return build_from_chunks(row.dimension, row.metric, row.index_factory, chunks, total=self.store.count(row.id))
+
+    async def start(self) -> None:
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        rows = await asyncio.to_thread(self.store.all_collections)
+        for row in rows:
+            self._live[(row.tenant, row.name)] = await asyncio.to_thread(self._open, row)
+        await self.snapshot_all()
+
+    async def snapshot(self, live: LiveCollection) -> None:
+        """Save the index if it moved on since the last snapshot, then forget the covered removals."""
+        async with live.lock.read():  # searches go on; writes wait
+            position = live.position
+            if position == live.saved_position:
+                return
+            await asyncio.to_thread(live.index.save, self._index_path(live.row), position)
+        live.saved_position = position
+        await asyncio.to_thread(self.store.prune_removals, live.row.id, position)
+
+    async def snapshot_all(self) -> None:
+        for live in list(self._live.values()):
+            try:
+                await self.snapshot(live)
+            except Exception:
+                log.exception("snapshot of collection %s/%s failed", live.row.tenant, live.row.name)
+
+    async def run_snapshots(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.snapshot_all()
+
+    # -- collections -------------------------------------------------------------------------
+    def _live_or_404(self, principal: Principal, name: str) -> LiveCollection:
+        live = self._live.get((principal.tenant, name))
+        if live is None:
+            raise NotFound(f"No collection named `{name}`.", param="name", code="collection_not_found")
+        return live
+
+    async def _describe(self, live: LiveCollection) -> Collection:
+        row = live.row
+        async with live.lock.read():
+            count = await asyncio.to_thread(self.store.count, row.id)
+            indexed = len(live.index)
+        return Collection(
+            name=row.name, model=row.model, dimension=row.dimension, metric=row.metric, index=row.index_factory,
+            count=count, indexed=indexed, created_at=int(row.created_at.timestamp()),
+        )
+
+    async def create(self, principal: Principal, request: CollectionCreate) -> Collection:
+        if not NAME.match(request.name):
+            raise InvalidRequest("name must be 1-64 characters of A-Z, a-z, 0-9, _ and -.", param="name")
+        dimension = request.dimension
+        if request.model is not None:
+            encoder = self.embeddings.hub.get(request.model).encoder
+            dimension = dimension or encoder.dimension
+            if not 1 <= dimension <= encoder.dimension:
+                raise InvalidRequest(
+                    f"dimension must be between 1 and {encoder.dimension} for model `{request.model}`.",
+                    param="dimension",
+                )
+        elif dimension is None:
+            raise InvalidRequest("dimension is required for a collection without a model.", param="dimension")
+        if not 1 <= dimension <= MAX_DIMENSION:
+            raise InvalidRequest(f"dimension must be between 1 and {MAX_DIMENSION}.", param="dimension")
+        try:
+            index = VectorIndex(dimension, request.metric, request.index)
+        except ValueError as exc:
+            raise InvalidRequest(f"index: {exc}", param="index") from None
+        async with self._admin:
+            try:
+                row = await asyncio.to_thread(
+                    self.store.create_collection, principal.tenant, request.name, request.model, dimension,
+                    request.metric, request.index,
+                )
+            except DuplicateCollection:
+                raise Conflict(f"A collection named `{request.name}` already exists.", param="name",
+                               code="collection_exists") from None
+            live = LiveCollection(row=row, index=index, position=row.last_position, saved_position=-1)
+            self._live[(row.tenant, row.name)] = live
+        return await self._describe(live)
+
+    async def list_all(self, principal: Principal) -> CollectionList:
+        mine = [live for (tenant, _), live in self._live.items() if tenant == principal.tenant]
+        return CollectionList(data=[await self._describe(live) for live in sorted(mine, key=lambda l: l.row.name)])
+
+    async def get(self, principal: Principal, name: str) -> Collection:
+        return await self._describe(self._live_or_404(principal, name))
+
+    async def delete(self, principal: Principal, name: str) -> Deleted:
+        async with self._admin:
+            live = self._live_or_404(principal, name)
+            async with live.lock.write():
+                await asyncio.to_thread(self.store.delete_collection, live.row.id)
+                del self._live[(principal.tenant, name)]
+                self._index_path(live.row).unlink(missing_ok=True)
+        return Deleted(id=name, object="collection")
+
+    # -- documents ---------------------------------------------------------------------------
+    async def upsert(self, principal: Principal, name: str, request: UpsertRequest) -> UpsertResponse:
+        live = self._live_or_404(principal, name)
+        row = live.row
+        docs = _validated_documents(request.documents, row)
+        usage = 0
+        to_embed = [i for i, d in enumerate(docs) if d.vector is None]
+        if to_embed:
+            vectors, usage = await self.embeddings.embed_texts(
+                row.model, [docs[i].text for i in to_embed], purpose="document", param="documents"
+            )
+            if row.dimension < vectors.shape[1]:
+                vectors = truncate_dimensions(vectors, row.dimension)
+            for i, vector in zip(to_embed, vectors):
+                docs[i].vector = vector
+        await self._write(live, self._upsert_now, live, docs)
+        return UpsertResponse(ids=[d.id for d in docs], upserted=len(docs),
+                              usage=Usage(prompt_tokens=usage, total_tokens=usage))
+
+    async def _write(self, live: LiveCollection, write: Any, *args: Any) -> Any:
+        """Run ``write`` (SQL commit, then the same change to FAISS) in a thread under the write lock.
+
+        Once started it runs to the end even if the client goes away, and the lock is held until it
+        has: a search never meets an index that is half-way through a change."""
+        async with live.lock.write():
+            if self._live.get((live.row.tenant, live.row.name)) is not live:
+                raise NotFound(f"No collection named `{live.row.name}`.", param="name", code="collection_not_found")
+            task = asyncio.ensure_future(asyncio.to_thread(write, *args))
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                await task
+                raise
+
+    def _upsert_now(self, live: LiveCollection, docs: list[NewDocument]) -> None:
+        seqs, replaced = self.store.upsert(live.row.id, docs)
+        self._apply(live, int(seqs[-1]), replaced, seqs, np.stack([d.vector for d in docs]))
+
+    def _delete_now(self, live: LiveCollection, where: ColumnElement[bool]) -> int:
+        removed, position = self.store.delete(live.row.id, where)
+        if position is not None:
+            self._apply(live, position, removed)
+        return len(removed)
+
+    def _apply(self, live: LiveCollection, position: int, removed: np.ndarray,
+               seqs: np.ndarray | None = None, vectors: np.ndarray | None = None) -> None:
+        """Bring the index up to a committed write; if that fails, rebuild it from SQL."""
+        try:
+            live.index.remove(removed)
+            if seqs is not None:
+                live.index.upsert(seqs, vectors.astype(np.float32))
+        except Exception:
+            log.exception("applying a committed write to the index of %s/%s failed", live.row.tenant, live.row.name)
+            live.index = self._rebuild(live.row)
+        live.position = position
+
+    async def get_document(self, principal: Principal, name: str, doc_id: str, with_vector: bool) -> Document:
+        live = self._live_or_404(principal, name)
+        doc = await asyncio.to_thread(self.store.get, live.row.id, doc_id)
+        if doc is None:
+            raise NotFound(f"No document with id `{doc_id}` in `{name}`.", param="id", code="document_not_found")
+        return _document(doc, live.row.dimension, with_vector)
+
+    async def list_documents(
+        self, principal: Principal, name: str, limit: int, cursor: str | None, filter_json: str | None
+    ) -> DocumentPage:
+        live = self._live_or_404(principal, name)
+        if not 1 <= limit <= 1000:
+            raise InvalidRequest("limit must be between 1 and 1000.", param="limit")
+        after = _decode_cursor(cursor) if cursor else None
+        where = self._where(_parse_filter_param(filter_json))
+        docs = await asyncio.to_thread(self.store.page, live.row.id, where, after, limit + 1)
+        has_more = len(docs) > limit
+        docs = docs[:limit]
+        next_cursor = _encode_cursor(docs[-1].id) if has_more else None
+        return DocumentPage(data=[_document(d, live.row.dimension, False) for d in docs], next_cursor=next_cursor,
+                            has_more=has_more)
+
+    async def delete_document(self, principal: Principal, name: str, doc_id: str) -> Deleted:
+        if await self._delete(self._live_or_404(principal, name), documents.c.id == doc_id) == 0:
+            raise NotFound(f"No document with id `{doc_id}` in `{name}`.", param="id", code="document_not_found")
+        return Deleted(id=doc_id, object="document")
+
+    async def delete_documents(self, principal: Principal, name: str, request: DeleteRequest) -> DeleteResponse:
+        live = self._live_or_404(principal, name)
+        if request.ids is None and request.filter is None:
+            raise InvalidRequest("Give ids, a filter, or both (`\"filter\": {}` deletes every document).",
+                                 param="ids")
+        where = self._where(request.filter)
+        if request.ids is not None:
+            if len(request.ids) > MAX_DOCUMENTS * 10:
+                raise InvalidRequest(f"At most {MAX_DOCUMENTS * 10} ids per call.", param="ids")
+            where = where & documents.c.id.in_(request.ids)
+        return DeleteResponse(deleted=await self._delete(live, where))
+
+    async def _delete(self, live: LiveCollection, where: ColumnElement[bool]) -> int:
+        return await self._write(live, self._delete_now, live, where)
+
+    # -- search ------------------------------------------------------------------------------
+    async def search(self, principal: Principal, name: str, request: SearchRequest) -> SearchResponse | BatchSearchResponse:
+        live = self._live_or_404(principal, name)
+        row = live.row
+        given = [f for f in ("query", "vector", "queries", "vectors") if getattr(request, f) is not None]
+        if len(given) != 1:
+            raise InvalidRequest("Give exactly one of query, vector, queries or vectors.",
+                                 param=given[0] if given else "query")
+        if not 1 <= request.top_k <= 1000:
+            raise InvalidRequest("top_k must be between 1 and 1000.", param="top_k")
+        if request.min_score is not None and not math.isfinite(request.min_score):
+            raise InvalidRequest("min_score must be a finite number.", param="min_score")
+        kind = given[0]
+        usage = 0
+        if kind in ("query", "queries"):
+            texts = [request.query] if kind == "query" else request.queries
+            _check_count(texts, kind)
+            if row.model is None:
+                raise InvalidRequest(f"Collection `{name}` has no model: search it with vector or vectors.", param=kind)
+            for i, text in enumerate(texts):
+                if not text:
+                    raise InvalidRequest(f"{kind} must not be empty." if kind == "query" else f"queries[{i}] is empty.",
+                                         param=kind)
+            queries, usage = await self.embeddings.embed_texts(row.model, texts, purpose="query", param=kind)
+            if row.dimension < queries.shape[1]:
+                queries = truncate_dimensions(queries, row.dimension)
+        else:
+            raw = [request.vector] if kind == "vector" else request.vectors
+            _check_count(raw, kind)
+            queries = np.stack([_vector(v, row.dimension, kind if kind == "vector" else f"vectors[{i}]", kind)
+                                for i, v in enumerate(raw)])
+        where = self._where(request.filter) if request.filter is not None else None
+        include = set(request.include)
+        async with live.lock.read():
+            allowed = await asyncio.to_thread(self.store.seqs_where, row.id, where) if where is not None else None
+            scores, seqs = await asyncio.to_thread(live.index.search, queries, request.top_k, allowed)
+            wanted = sorted({int(s) for s in seqs.ravel() if s >= 0})
+            found = await asyncio.to_thread(self.store.by_seqs, row.id, wanted)
+        lists = [self._hits(row, score_row, seq_row, found, include, request.min_score)
+                 for score_row, seq_row in zip(scores, seqs)]
+        usage_struct = Usage(prompt_tokens=usage, total_tokens=usage)
+        if kind in ("query", "vector"):
+            return SearchResponse(data=lists[0], usage=usage_struct)
+        return BatchSearchResponse(data=lists, usage=usage_struct)
+
+    @staticmethod
+    def _hits(row: CollectionRow, scores: np.ndarray, seqs: np.ndarray, found: dict[int, StoredDocument],
+              include: set[str], min_score: float | None) -> list[Hit]:
+        lower_is_better = row.metric == "l2"
+        pairs = [(float(score), int(seq)) for score, seq in zip(scores, seqs) if seq >= 0 and int(seq) in found]
+        if min_score is not None:
+            pairs = [(s, q) for s, q in pairs if (s <= min_score if lower_is_better else s >= min_score)]
+        pairs.sort(key=lambda p: (p[0] if lower_is_better else -p[0], p[1]))  # best first; ties by age
+        hits = []
+        for score, seq in pairs:
+            doc = found[seq]
+            hits.append(Hit(
+                id=doc.id,
+                score=score,
+                text=doc.text if "text" in include else None,
+                metadata=doc.metadata if "metadata" in include else None,
+                vector=_unblob(doc.vector, row.dimension) if "vector" in include else None,
+            ))
+        return hits
+
+    def _where(self, filter: Any) -> ColumnElement[bool]:
+        return true() if filter is None else compile_filter(filter, documents.c.meta, self.dialect)
+
+
+# -- validation helpers (one place for every document and vector check) ---------------------
+
+
+def _check_count(items: list[Any], param: str) -> None:
+    if not items:
+        raise InvalidRequest(f"{param} must not be empty.", param=param)
+    if len(items) > MAX_QUERIES:
+        raise InvalidRequest(f"At most {MAX_QUERIES} {param} per search.", param=param)
+
+
+def _vector(values: list[float], dimension: int, where: str, param: str) -> np.ndarray:
+    if len(values) != dimension:
+        raise InvalidRequest(f"{where} has {len(values)} values; this collection's dimension is {dimension}.",
+                             param=param)
+    with np.errstate(over="ignore"):
+        vector = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(vector).all():
+        raise InvalidRequest(f"{where} contains NaN or infinite values (or values beyond float32).", param=param)
+    return vector
+
+
+def _check_text(value: str, where: str) -> None:
+    if "\x00" in value:
+        raise InvalidRequest(f"{where} contains a NUL character.", param="documents")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"{where} contains an unpaired surrogate.", param="documents") from None
+
+
+def _check_json(value: Any, where: str, depth: int = 0) -> None:
+    if depth > 32:
+        raise InvalidRequest(f"{where} is nested more than 32 levels deep.", param="documents")
+    if isinstance(value, str):
+        _check_text(value, where)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequest(f"{where} contains a non-finite number.", param="documents")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where)
+            _check_json(item, where, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, where, depth + 1)
+
+
+def _validated_documents(items: list[DocumentIn], row: CollectionRow) -> list[NewDocument]:
+    """Check a whole upsert before anything is written: it is all or nothing."""
+    if not 1 <= len(items) <= MAX_DOCUMENTS:
+        raise InvalidRequest(f"documents must hold 1 to {MAX_DOCUMENTS} documents, got {len(items)}.",
+                             param="documents")
+    docs: list[NewDocument] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        where = f"documents[{i}]"
+        doc_id = item.id if item.id is not None else uuid.uuid4().hex
+        if not 1 <= len(doc_id) <= MAX_ID_LENGTH:
+            raise InvalidRequest(f"{where}.id must be 1 to {MAX_ID_LENGTH} characters.", param="documents")
+        _check_text(doc_id, f"{where}.id")
+        if doc_id in seen:
+            raise InvalidRequest(f"{where}.id `{doc_id}` appears twice in this call.", param="documents")
+        seen.add(doc_id)
+        if item.text is not None:
+            _check_text(item.text, f"{where}.text")
+        vector = None
+        if item.vector is not None:
+            vector = _vector(item.vector, row.dimension, f"{where}.vector", "documents")
+        elif not item.text:
+            raise InvalidRequest(f"{where} needs a vector or a non-empty text.", param="documents")
+        elif row.model is None:
+            raise InvalidRequest(
+                f"{where} has text but no vector, and collection `{row.name}` has no model to embed it.",
+                param="documents",
+            )
+        metadata = item.metadata or {}
+        _check_json(metadata, f"{where}.metadata")
+        docs.append(NewDocument(id=doc_id, text=item.text, metadata=metadata, vector=vector))
+    return docs
+
+
+def _unblob(blob: bytes, dimension: int) -> list[float]:
+    return np.frombuffer(blob, dtype="<f4", count=dimension).tolist()
+
+
+def _document(doc: StoredDocument, dimension: int, with_vector: bool) -> Document:
+    return Document(id=doc.id, text=doc.text, metadata=doc.metadata,
+                    vector=_unblob(doc.vector, dimension) if with_vector else None)
+
+
+def _encode_cursor(doc_id: str) -> str:
+    return base64.urlsafe_b64encode(doc_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidRequest("cursor is not one this server gave out.", param="cursor") from None
+
+
+def _parse_filter_param(value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"filter is not valid JSON: {exc.msg}.", param="filter") from None

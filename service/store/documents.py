@@ -1,0 +1,241 @@
+"""SQL repository for collections and documents: the source of truth, vectors included.
+
+Every document gets a fresh *position* when written (its FAISS id, called ``seq``); replacing or
+deleting a document logs the old seq in ``removals`` under a position of its own. An index snapshot
+taken at position P is brought up to date by removing the seqs logged after P and adding the
+documents whose seq is above P. All methods are synchronous; callers run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterator
+
+import numpy as np
+from sqlalchemy import Connection, ColumnElement, Engine, and_, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from service.store.tables import collections, documents, removals
+
+
+@dataclass(frozen=True)
+class CollectionRow:
+    id: int
+    tenant: str
+    name: str
+    model: str | None
+    dimension: int
+    metric: str
+    index_factory: str
+    last_position: int
+    created_at: datetime
+
+
+@dataclass
+class NewDocument:
+    id: str
+    text: str | None
+    metadata: dict[str, Any]
+    vector: np.ndarray
+
+
+@dataclass
+class StoredDocument:
+    id: str
+    seq: int
+    text: str | None
+    metadata: dict[str, Any]
+    vector: bytes
+
+
+class DuplicateCollection(Exception):
+    pass
+
+
+def to_blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def from_blobs(blobs: list[bytes], dimension: int) -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, dimension), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dimension).astype(np.float32)
+
+
+_DOC_COLUMNS = (documents.c.id, documents.c.seq, documents.c.text, documents.c.meta, documents.c.vector)
+
+
+def _document(row: Any) -> StoredDocument:
+    return StoredDocument(id=row.id, seq=row.seq, text=row.text, metadata=row.meta, vector=row.vector)
+
+
+class DocumentStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- collections -------------------------------------------------------------------------
+    def create_collection(
+        self, tenant: str, name: str, model: str | None, dimension: int, metric: str, index_factory: str
+    ) -> CollectionRow:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(collections).values(
+                        tenant=tenant, name=name, model=model, dimension=dimension, metric=metric,
+                        index_factory=index_factory,
+                    )
+                )
+        except IntegrityError:
+            raise DuplicateCollection(name) from None
+        row = self.get_collection(tenant, name)
+        assert row is not None
+        return row
+
+    def get_collection(self, tenant: str, name: str) -> CollectionRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(collections).where(collections.c.tenant == tenant, collections.c.name == name)
+            ).first()
+        return CollectionRow(**row._mapping) if row else None
+
+    def all_collections(self, tenant: str | None = None) -> list[CollectionRow]:
+        query = select(collections).order_by(collections.c.id)
+        if tenant is not None:
+            query = query.where(collections.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            return [CollectionRow(**row._mapping) for row in conn.execute(query)]
+
+    def delete_collection(self, collection_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(removals).where(removals.c.collection_id == collection_id))
+            conn.execute(delete(documents).where(documents.c.collection_id == collection_id))
+            conn.execute(delete(collections).where(collections.c.id == collection_id))
+
+    def count(self, collection_id: int) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(func.count()).select_from(documents).where(documents.c.collection_id == collection_id)
+            ).scalar_one()
+
+    # -- writes ------------------------------------------------------------------------------
+    @staticmethod
+    def _take_positions(conn: Connection, collection_id: int, n: int) -> int:
+        """Reserve ``n`` positions; returns the first. The row update also serialises writers."""
+        last = conn.execute(
+            update(collections)
+            .where(collections.c.id == collection_id)
+            .values(last_position=collections.c.last_position + n)
+            .returning(collections.c.last_position)
+        ).scalar_one()
+        return last - n + 1
+
+    @staticmethod
+    def _remove(conn: Connection, collection_id: int, where: ColumnElement[bool]) -> tuple[np.ndarray, int | None]:
+        """Delete matching documents and log their seqs; returns (removed seqs, last position used)."""
+        seqs = [
+            r.seq
+            for r in conn.execute(
+                select(documents.c.seq).where(documents.c.collection_id == collection_id, where).order_by(documents.c.seq)
+            )
+        ]
+        if not seqs:
+            return np.zeros(0, dtype=np.int64), None
+        first = DocumentStore._take_positions(conn, collection_id, len(seqs))
+        conn.execute(
+            insert(removals),
+            [{"collection_id": collection_id, "position": first + i, "seq": s} for i, s in enumerate(seqs)],
+        )
+        conn.execute(delete(documents).where(documents.c.collection_id == collection_id, where))
+        return np.array(seqs, dtype=np.int64), first + len(seqs) - 1
+
+    def upsert(self, collection_id: int, docs: list[NewDocument]) -> tuple[np.ndarray, np.ndarray]:
+        """Write ``docs`` in one transaction; returns (their new seqs, the seqs they replaced).
+
+        The last new seq is also the collection's last position."""
+        with self.engine.begin() as conn:
+            replaced, _ = self._remove(conn, collection_id, documents.c.id.in_([d.id for d in docs]))
+            first = self._take_positions(conn, collection_id, len(docs))
+            seqs = np.arange(first, first + len(docs), dtype=np.int64)
+            conn.execute(
+                insert(documents),
+                [
+                    {"collection_id": collection_id, "id": d.id, "seq": int(s), "text": d.text,
+                     "meta": d.metadata, "vector": to_blob(d.vector)}
+                    for d, s in zip(docs, seqs)
+                ],
+            )
+        return seqs, replaced
+
+    def delete(self, collection_id: int, where: ColumnElement[bool]) -> tuple[np.ndarray, int | None]:
+        with self.engine.begin() as conn:
+            return self._remove(conn, collection_id, where)
+
+    # -- reads -------------------------------------------------------------------------------
+    def get(self, collection_id: int, doc_id: str) -> StoredDocument | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(*_DOC_COLUMNS).where(documents.c.collection_id == collection_id, documents.c.id == doc_id)
+            ).first()
+        return _document(row) if row else None
+
+    def page(self, collection_id: int, where: ColumnElement[bool], after: str | None, limit: int) -> list[StoredDocument]:
+        query = select(*_DOC_COLUMNS).where(documents.c.collection_id == collection_id, where)
+        if after is not None:
+            query = query.where(documents.c.id > after)
+        with self.engine.connect() as conn:
+            return [_document(r) for r in conn.execute(query.order_by(documents.c.id).limit(limit))]
+
+    def by_seqs(self, collection_id: int, seqs: list[int]) -> dict[int, StoredDocument]:
+        if not seqs:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(*_DOC_COLUMNS).where(documents.c.collection_id == collection_id, documents.c.seq.in_(seqs))
+            )
+            return {r.seq: _document(r) for r in rows}
+
+    def seqs_where(self, collection_id: int, where: ColumnElement[bool]) -> np.ndarray:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(documents.c.seq).where(documents.c.collection_id == collection_id, where))
+            return np.fromiter((r.seq for r in rows), dtype=np.int64)
+
+    # -- index maintenance -------------------------------------------------------------------
+    def changes_since(self, collection_id: int, position: int, dimension: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(seqs removed after ``position``, seqs added after it, their vectors)."""
+        with self.engine.connect() as conn:
+            removed = np.fromiter(
+                conn.execute(
+                    select(removals.c.seq).where(removals.c.collection_id == collection_id, removals.c.position > position)
+                ).scalars(),
+                dtype=np.int64,
+            )
+            rows = conn.execute(
+                select(documents.c.seq, documents.c.vector).where(
+                    documents.c.collection_id == collection_id, documents.c.seq > position
+                )
+            ).all()
+        return removed, np.array([r.seq for r in rows], dtype=np.int64), from_blobs([r.vector for r in rows], dimension)
+
+    def iter_vectors(self, collection_id: int, dimension: int, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every (seqs, vectors) of a collection, in chunks, for a rebuild."""
+        after = -1
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(documents.c.seq, documents.c.vector)
+                    .where(documents.c.collection_id == collection_id, documents.c.seq > after)
+                    .order_by(documents.c.seq)
+                    .limit(chunk)
+                ).all()
+            if not rows:
+                return
+            after = rows[-1].seq
+            yield np.array([r.seq for r in rows], dtype=np.int64), from_blobs([r.vector for r in rows], dimension)
+
+    def prune_removals(self, collection_id: int, position: int) -> None:
+        """Forget removals an index snapshot at ``position`` already reflects."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(removals).where(and_(removals.c.collection_id == collection_id, removals.c.position <= position))
+            )

@@ -1,0 +1,61 @@
+"""The SQL repository on SQLite and PostgreSQL: positions, the removal log, replay data, pages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import true
+
+from service.store.documents import DocumentStore, DuplicateCollection, NewDocument
+from service.store.tables import documents
+
+
+def doc(doc_id: str, value: float, **meta) -> NewDocument:
+    return NewDocument(id=doc_id, text=f"text {doc_id}", metadata=meta, vector=np.full(3, value, dtype=np.float32))
+
+
+def test_positions_removal_log_and_replay(engine):
+    store = DocumentStore(engine)
+    c = store.create_collection("t", "c", None, 3, "cosine", "Flat")
+    with pytest.raises(DuplicateCollection):
+        store.create_collection("t", "c", None, 3, "cosine", "Flat")
+    seqs, replaced = store.upsert(c.id, [doc("a", 1), doc("b", 2)])
+    assert seqs.tolist() == [1, 2] and replaced.size == 0
+    seqs, replaced = store.upsert(c.id, [doc("b", 3), doc("c", 4)])
+    # b's old seq 2 is logged as removed at position 3; the new rows take positions 4 and 5
+    assert replaced.tolist() == [2] and seqs.tolist() == [4, 5]
+    removed, position = store.delete(c.id, documents.c.id == "a")
+    assert removed.tolist() == [1] and position == 6
+    assert store.delete(c.id, documents.c.id == "nope")[1] is None
+
+    removed, added, vectors = store.changes_since(c.id, 2, 3)
+    assert sorted(removed.tolist()) == [1, 2] and added.tolist() == [4, 5]
+    np.testing.assert_array_equal(vectors[:, 0], [3, 4])
+    store.prune_removals(c.id, 3)
+    assert store.changes_since(c.id, 0, 3)[0].tolist() == [1]  # only the removal after 3 is left
+
+    assert store.count(c.id) == 2
+    got = store.get(c.id, "b")
+    assert got.seq == 4 and got.text == "text b" and np.frombuffer(got.vector, "<f4").tolist() == [3, 3, 3]
+    assert sorted(store.by_seqs(c.id, [4, 5, 99])) == [4, 5]
+    chunks = list(store.iter_vectors(c.id, 3, chunk=1))
+    assert [s.tolist() for s, _ in chunks] == [[4], [5]]
+
+
+def test_pages_filters_and_collections_are_separate(engine):
+    store = DocumentStore(engine)
+    one = store.create_collection("t", "one", None, 3, "cosine", "Flat")
+    two = store.create_collection("u", "one", "m", 3, "l2", "HNSW32")  # same name, other tenant
+    store.upsert(one.id, [doc(f"{i:02d}", i, even=i % 2 == 0) for i in range(7)])
+    store.upsert(two.id, [doc("x", 1)])
+    first = store.page(one.id, true(), None, 3)
+    assert [d.id for d in first] == ["00", "01", "02"]
+    assert [d.id for d in store.page(one.id, true(), "02", 10)] == ["03", "04", "05", "06"]
+    from service.store.filters import compile_filter
+
+    even = compile_filter({"even": True}, documents.c.meta, engine.dialect.name)
+    assert sorted(store.seqs_where(one.id, even).tolist()) == [1, 3, 5, 7]
+    assert [c.name for c in store.all_collections("u")] == ["one"]
+    store.delete_collection(one.id)
+    assert store.count(one.id) == 0 and store.count(two.id) == 1
+    assert store.get_collection("t", "one") is None

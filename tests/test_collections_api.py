@@ -1,0 +1,304 @@
+"""Collections, documents and search over HTTP, on a real SQLite file and real FAISS indexes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.test_embeddings_api import assert_error
+
+
+def rng_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+async def make(client, name="docs", **body):
+    response = await client.post("/v1/collections", json={"name": name, **body})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def upsert(client, name, docs):
+    response = await client.post(f"/v1/collections/{name}/documents", json={"documents": docs})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def search(client, name, **body):
+    response = await client.post(f"/v1/collections/{name}/search", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def exact_top_k(vectors: np.ndarray, query: np.ndarray, k: int, metric: str) -> list[int]:
+    if metric == "cosine":
+        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        query = query / np.linalg.norm(query)
+    if metric == "l2":
+        return list(np.argsort(np.linalg.norm(vectors - query, axis=1), kind="stable")[:k])
+    return list(np.argsort(-(vectors @ query), kind="stable")[:k])
+
+
+async def test_collection_lifecycle(client):
+    created = await make(client, "books", dimension=8, metric="dot", index="HNSW32")
+    assert created["name"] == "books" and created["dimension"] == 8 and created["metric"] == "dot"
+    assert created["index"] == "HNSW32" and created["count"] == 0 and created["model"] is None
+    assert isinstance(created["created_at"], int)
+    await make(client, "texts", model="tiny")
+    listed = (await client.get("/v1/collections")).json()
+    assert listed["object"] == "list"
+    assert [c["name"] for c in listed["data"]] == ["books", "texts"]
+    texts = (await client.get("/v1/collections/texts")).json()
+    assert texts["dimension"] == 64 and texts["model"] == "tiny" and texts["metric"] == "cosine"
+    assert texts["index"] == "Flat"
+    deleted = await client.delete("/v1/collections/books")
+    assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+    assert_error(await client.get("/v1/collections/books"), 404, code="collection_not_found")
+    assert [c["name"] for c in (await client.get("/v1/collections")).json()["data"]] == ["texts"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"name": "bad name", "dimension": 4}, 400, "name"),
+        ({"name": "", "dimension": 4}, 400, "name"),
+        ({"name": "x" * 65, "dimension": 4}, 400, "name"),
+        ({"name": "novec"}, 400, "dimension"),
+        ({"name": "zero", "dimension": 0}, 400, "dimension"),
+        ({"name": "big", "model": "tiny", "dimension": 65}, 400, "dimension"),
+        ({"name": "m", "model": "nope"}, 404, "model"),
+        ({"name": "metric", "dimension": 4, "metric": "hamming"}, 400, "metric"),
+        ({"name": "idx", "dimension": 4, "index": "NotAnIndex"}, 400, "index"),
+        ({"name": "pq", "dimension": 10, "index": "IVF16,PQ16"}, 400, "index"),
+        ({"dimension": 4}, 400, "name"),
+    ],
+)
+async def test_bad_collections_are_refused(client, body, status, param):
+    assert_error(await client.post("/v1/collections", json=body), status, param=param)
+
+
+async def test_duplicate_name_is_409(client):
+    await make(client, "dup", dimension=4)
+    assert_error(await client.post("/v1/collections", json={"name": "dup", "dimension": 4}), 409, param="name")
+
+
+async def test_upsert_generates_ids_replaces_existing_and_reads_back(client):
+    await make(client, "v", dimension=4)
+    first = await upsert(client, "v", [{"vector": [1, 0, 0, 0], "metadata": {"k": 1}}, {"id": "b", "vector": [0, 1, 0, 0]}])
+    assert first["upserted"] == 2 and first["ids"][1] == "b" and len(first["ids"][0]) == 32
+    assert first["usage"] == {"prompt_tokens": 0, "total_tokens": 0}
+    await upsert(client, "v", [{"id": "b", "vector": [0, 0, 1, 0], "text": "new", "metadata": {"v": 2}}])
+    assert (await client.get("/v1/collections/v")).json()["count"] == 2
+    doc = (await client.get("/v1/collections/v/documents/b", params={"include": "vector"})).json()
+    assert doc == {"id": "b", "text": "new", "metadata": {"v": 2}, "vector": [0.0, 0.0, 1.0, 0.0]}
+    plain = (await client.get("/v1/collections/v/documents/b")).json()
+    assert "vector" not in plain
+    hits = (await search(client, "v", vector=[0, 0, 1, 0], top_k=10))["data"]
+    assert [h["id"] for h in hits] == ["b", first["ids"][0]]  # one "b", the replaced vector is gone
+    assert hits[0]["score"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("docs", "fragment"),
+    [
+        ([{"vector": [1, 2, 3]}], "dimension"),
+        ([{"vector": [1, 2, 3, 1e39]}], "NaN or infinite"),
+        ([{"text": "no model here"}], "no model"),
+        ([{"id": "a", "vector": [1, 0, 0, 0], "metadata": ["not", "object"]}], ""),
+        ([{"id": "a", "vector": [1, 0, 0, 0]}, {"id": "a", "vector": [0, 1, 0, 0]}], "twice"),
+        ([{"id": "", "vector": [1, 0, 0, 0]}], "id"),
+        ([{"id": "x" * 257, "vector": [1, 0, 0, 0]}], "id"),
+        ([{"id": "nul\x00", "vector": [1, 0, 0, 0]}], "NUL"),
+        ([{"metadata": {"a": 1}}], "vector or a non-empty text"),
+        ([], "1 to 1000"),
+        ([{"vector": [1, 0, 0, 0]}] * 1001, "1 to 1000"),
+    ],
+)
+async def test_bad_documents_write_nothing(client, docs, fragment):
+    await make(client, "v", dimension=4)
+    good = {"id": "good", "vector": [1, 1, 1, 1]}
+    response = await client.post("/v1/collections/v/documents", json={"documents": [good, *docs]} if docs else {"documents": []})
+    error = assert_error(response, 400)
+    assert fragment in error["message"]
+    assert (await client.get("/v1/collections/v")).json()["count"] == 0
+    assert_error(await client.get("/v1/collections/v/documents/good"), 404, code="document_not_found")
+
+
+async def test_nan_in_json_is_refused(client):
+    await make(client, "v", dimension=2)
+    response = await client.post("/v1/collections/v/documents", content=b'{"documents": [{"vector": [NaN, 1]}]}',
+                                 headers={"content-type": "application/json"})
+    assert_error(response, 400)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("index", ["Flat", "HNSW32", "IVF4,Flat"])
+async def test_search_matches_exact_numpy_for_each_metric_and_index(client, metric, index):
+    vectors = rng_vectors(300, 8, seed=1)
+    await make(client, "m", dimension=8, metric=metric, index=index)
+    for start in range(0, 300, 100):
+        await upsert(client, "m", [{"id": f"d{i}", "vector": vectors[i].tolist(), "metadata": {"i": i}}
+                                   for i in range(start, start + 100)])
+    query = rng_vectors(1, 8, seed=2)[0]
+    hits = (await search(client, "m", vector=query.tolist(), top_k=10))["data"]
+    expected = exact_top_k(vectors, query, 10, metric)
+    found = [int(h["id"][1:]) for h in hits]
+    assert len(set(found) & set(expected)) >= 9  # approximate indexes may swap the 10th
+    assert found[0] == expected[0]
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=metric != "l2")
+    if metric == "l2":
+        assert scores[0] == pytest.approx(float(np.linalg.norm(vectors[found[0]] - query)), rel=1e-4)
+    elif metric == "dot":
+        assert scores[0] == pytest.approx(float(vectors[found[0]] @ query), rel=1e-4)
+    else:
+        v = vectors[found[0]]
+        assert scores[0] == pytest.approx(float(v @ query / np.linalg.norm(v) / np.linalg.norm(query)), rel=1e-4)
+    assert set(hits[0]) == {"id", "score", "text", "metadata"} - {"text"} or "metadata" in hits[0]
+
+
+async def test_filtered_search_returns_the_true_top_k_among_matches(client):
+    vectors = rng_vectors(500, 8, seed=3)
+    await make(client, "f", dimension=8, index="HNSW32")
+    await upsert(client, "f", [{"id": str(i), "vector": vectors[i].tolist(),
+                                "metadata": {"group": i % 10, "tag": "even" if i % 2 == 0 else "odd"}}
+                               for i in range(500)])
+    query = rng_vectors(1, 8, seed=4)[0]
+    hits = (await search(client, "f", vector=query.tolist(), top_k=20, filter={"group": 3}))["data"]
+    members = [i for i in range(500) if i % 10 == 3]
+    expected = [members[j] for j in exact_top_k(vectors[members], query, 20, "cosine")]
+    assert [int(h["id"]) for h in hits] == expected
+    assert all(h["metadata"]["group"] == 3 for h in hits)
+    # a filter matching fewer documents than top_k returns all of them
+    few = (await search(client, "f", vector=query.tolist(), top_k=50,
+                        filter={"$and": [{"group": {"$in": [1]}}, {"tag": "odd"}]}))["data"]
+    assert len(few) == 50 and all(int(h["id"]) % 10 == 1 for h in few)
+    none = (await search(client, "f", vector=query.tolist(), filter={"group": 99}))["data"]
+    assert none == []
+
+
+async def test_search_options_include_min_score_and_batches(client):
+    await make(client, "o", dimension=2)
+    await upsert(client, "o", [{"id": "x", "vector": [1, 0], "text": "ex", "metadata": {"a": 1}},
+                               {"id": "y", "vector": [0, 1], "text": "why"},
+                               {"id": "xy", "vector": [1, 1], "text": "both"}])
+    hits = (await search(client, "o", vector=[1, 0], include=["vector"]))["data"]
+    assert hits[0] == {"id": "x", "score": pytest.approx(1.0), "vector": [1.0, 0.0]}
+    kept = (await search(client, "o", vector=[1, 0], min_score=0.5))["data"]
+    assert [h["id"] for h in kept] == ["x", "xy"]
+    assert kept[0]["text"] == "ex" and kept[0]["metadata"] == {"a": 1}
+    batch = await search(client, "o", vectors=[[1, 0], [0, 1]], top_k=1)
+    assert [[h["id"] for h in hits] for hits in batch["data"]] == [["x"], ["y"]]
+
+
+async def test_ties_are_ordered_by_insertion(client):
+    await make(client, "t", dimension=2)
+    await upsert(client, "t", [{"id": name, "vector": [1, 0]} for name in ["c", "a", "b"]])
+    for _ in range(3):
+        assert [h["id"] for h in (await search(client, "t", vector=[1, 0]))["data"]] == ["c", "a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({}, "query"),
+        ({"vector": [1, 0], "query": "x"}, "query"),
+        ({"vector": [1, 0, 0]}, "vector"),
+        ({"vector": [1, 0], "top_k": 0}, "top_k"),
+        ({"vector": [1, 0], "top_k": 1001}, "top_k"),
+        ({"query": "text on a vector collection"}, "query"),
+        ({"vectors": []}, "vectors"),
+        ({"vector": [1, 0], "filter": {"$bad": 1}}, "filter"),
+        ({"vector": [1, 0], "filter": {"a": {"$gt": [1]}}}, "filter"),
+        ({"vector": [1, 0], "include": ["nope"]}, "include"),
+    ],
+)
+async def test_bad_searches_are_400(client, body, param):
+    await make(client, "s", dimension=2)
+    assert_error(await client.post("/v1/collections/s/search", json=body), 400, param=param)
+
+
+async def test_text_collection_embeds_documents_and_queries(client):
+    await make(client, "t", model="tiny-dense")
+    texts = ["the quick brown fox", "hello world", "red green blue apple"]
+    upserted = await upsert(client, "t", [{"id": str(i), "text": t} for i, t in enumerate(texts)])
+    assert upserted["usage"]["prompt_tokens"] > 0
+    for i, text in enumerate(texts):
+        hits = (await search(client, "t", query=text, top_k=3))["data"]
+        # documents get the "document: " prompt and queries "query: ", so scores are below 1
+        assert len(hits) == 3 and hits[0]["text"] in texts
+    same = (await client.post("/v1/embeddings", json={"model": "tiny-dense", "input": "document: hello world"})).json()
+    stored = (await client.get("/v1/collections/t/documents/1", params={"include": "vector"})).json()["vector"]
+    np.testing.assert_allclose(stored, same["data"][0]["embedding"], atol=1e-5)
+    await make(client, "short", model="tiny", dimension=8)  # Matryoshka-truncated collection
+    await upsert(client, "short", [{"id": "a", "text": "hello world"}])
+    hits = (await search(client, "short", query="hello world"))["data"]
+    assert hits[0]["id"] == "a" and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_pagination_is_stable_and_filterable(client):
+    await make(client, "p", dimension=2)
+    await upsert(client, "p", [{"id": f"{i:03d}", "vector": [1, i], "metadata": {"odd": i % 2 == 1}} for i in range(25)])
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 10} | ({"cursor": cursor} if cursor else {})
+        page = (await client.get("/v1/collections/p/documents", params=params)).json()
+        seen += [d["id"] for d in page["data"]]
+        if not page["has_more"]:
+            assert page["next_cursor"] is None
+            break
+        cursor = page["next_cursor"]
+        # a write between pages does not disturb the pages still to come
+        await upsert(client, "p", [{"id": "000", "vector": [2, 2]}])
+    assert seen == [f"{i:03d}" for i in range(25)]
+    odd = (await client.get("/v1/collections/p/documents", params={"filter": '{"odd": true}', "limit": 100})).json()
+    assert [d["id"] for d in odd["data"]] == [f"{i:03d}" for i in range(1, 25, 2)]
+    assert_error(await client.get("/v1/collections/p/documents", params={"filter": "{nope"}), 400, param="filter")
+    assert_error(await client.get("/v1/collections/p/documents", params={"limit": 0}), 400, param="limit")
+    assert_error(await client.get("/v1/collections/p/documents", params={"cursor": "!!!"}), 400, param="cursor")
+
+
+async def test_deletes_by_id_ids_and_filter(client):
+    await make(client, "d", dimension=2, index="HNSW32")
+    await upsert(client, "d", [{"id": str(i), "vector": [1, i], "metadata": {"n": i}} for i in range(20)])
+    gone = await client.delete("/v1/collections/d/documents/3")
+    assert gone.status_code == 200 and gone.json() == {"id": "3", "object": "document", "deleted": True}
+    assert_error(await client.delete("/v1/collections/d/documents/3"), 404, code="document_not_found")
+    by_ids = await client.post("/v1/collections/d/documents/delete", json={"ids": ["0", "1", "nope"]})
+    assert by_ids.json() == {"deleted": 2}
+    by_filter = await client.post("/v1/collections/d/documents/delete", json={"filter": {"n": {"$gte": 10}}})
+    assert by_filter.json() == {"deleted": 10}
+    both = await client.post("/v1/collections/d/documents/delete", json={"ids": ["4", "5"], "filter": {"n": 4}})
+    assert both.json() == {"deleted": 1}
+    assert_error(await client.post("/v1/collections/d/documents/delete", json={}), 400)
+    left = sorted(int(h["id"]) for h in (await search(client, "d", vector=[1, 5], top_k=100))["data"])
+    assert left == [2, 5, 6, 7, 8, 9]
+    assert (await client.get("/v1/collections/d")).json()["count"] == 6
+
+
+async def test_tenants_cannot_see_each_others_collections(client, settings):
+    from service.store.db import make_engine
+    from service.store.keys import KeyStore
+
+    engine = make_engine(settings.sqlalchemy_url)
+    other = {"Authorization": f"Bearer {KeyStore(engine).create('other')}"}
+    engine.dispose()
+    await make(client, "mine", dimension=2)
+    await upsert(client, "mine", [{"id": "secret", "vector": [1, 0]}])
+    checks = [
+        ("GET", "/v1/collections/mine", None),
+        ("DELETE", "/v1/collections/mine", None),
+        ("POST", "/v1/collections/mine/documents", {"documents": [{"vector": [1, 0]}]}),
+        ("GET", "/v1/collections/mine/documents", None),
+        ("GET", "/v1/collections/mine/documents/secret", None),
+        ("DELETE", "/v1/collections/mine/documents/secret", None),
+        ("POST", "/v1/collections/mine/documents/delete", {"ids": ["secret"]}),
+        ("POST", "/v1/collections/mine/search", {"vector": [1, 0]}),
+    ]
+    for method, path, body in checks:
+        assert_error(await client.request(method, path, json=body, headers=other), 404)
+    assert (await client.get("/v1/collections", headers=other)).json()["data"] == []
+    # the other tenant may use the same name for a collection of its own
+    assert (await client.post("/v1/collections", json={"name": "mine", "dimension": 3}, headers=other)).status_code == 201
+    assert (await client.get("/v1/collections/mine/documents/secret")).status_code == 200
+    assert (await client.get("/v1/collections/mine")).json()["dimension"] == 2
