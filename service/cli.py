@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -29,13 +28,11 @@ def _engine(settings: Settings):
     return engine
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Text for people (default) or JSON lines (EMBEDSEARCH_LOG_FORMAT=json), to stderr, request ids included."""
+    from service.observability.logging import setup_logging as setup
+
+    setup(level, fmt)
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -44,12 +41,13 @@ def serve(args: argparse.Namespace) -> None:
     from service.app import create_app
 
     settings = _settings(args)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: let that end in exit 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # log_config=None: uvicorn's records go through our handler (and format); the app writes the access log.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=30, log_config=None, access_log=False)
 
 
 def migrate_cmd(args: argparse.Namespace) -> None:
@@ -66,6 +64,32 @@ def keys_create(args: argparse.Namespace) -> None:
     engine.dispose()
     print(f"API key for tenant {args.tenant!r} (shown once; only its hash is stored):")
     print(key)
+
+
+def snapshot_cmd(args: argparse.Namespace) -> None:
+    from service.store.backup import BackupError, dump
+
+    engine = _engine(_settings(args))
+    try:
+        count = dump(engine, args.tenant, args.collection, args.out)
+    except BackupError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    finally:
+        engine.dispose()
+    print(f"backed up {count} documents of {args.tenant}/{args.collection} to {args.out}")
+
+
+def restore_cmd(args: argparse.Namespace) -> None:
+    from service.store.backup import BackupError, restore
+
+    engine = _engine(_settings(args))
+    try:
+        name, count = restore(engine, args.file, args.tenant, args.name)
+    except BackupError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    finally:
+        engine.dispose()
+    print(f"restored {count} documents into {args.tenant}/{name}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,6 +113,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tenant", required=True, help="tenant name (1-64 characters)")
     p.add_argument("--admin", action="store_true", help="make an admin key")
     p.set_defaults(func=keys_create)
+
+    p = with_data_dir(commands.add_parser("snapshot", help="back up one collection (works while the server runs)"))
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--collection", required=True)
+    p.add_argument("--out", type=Path, required=True, help="backup file to write")
+    p.set_defaults(func=snapshot_cmd)
+
+    p = with_data_dir(commands.add_parser("restore", help="restore a collection backup (works while the server runs)"))
+    p.add_argument("file", type=Path)
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--name", help="restore under this name (default: the backed-up name)")
+    p.set_defaults(func=restore_cmd)
 
     args = parser.parse_args(argv)
     if hasattr(args, "tenant") and not 1 <= len(args.tenant) <= 64:

@@ -140,10 +140,22 @@ class CollectionsService:
             await self.snapshot_all()
 
     # -- collections -------------------------------------------------------------------------
-    def _live_or_404(self, principal: Principal, name: str) -> LiveCollection:
-        live = self._live.get((principal.tenant, name))
+    async def _live_or_404(self, principal: Principal, name: str) -> LiveCollection:
+        live = self._live.get((principal.tenant, name)) or await self._discover(principal.tenant, name)
         if live is None:
             raise NotFound(f"No collection named `{name}`.", param="name", code="collection_not_found")
+        return live
+
+    async def _discover(self, tenant: str, name: str) -> LiveCollection | None:
+        """Open a collection that appeared in SQL behind the server's back (``python -m service restore``)."""
+        row = await asyncio.to_thread(self.store.get_collection, tenant, name)
+        if row is None:
+            return None
+        async with self._admin:
+            live = self._live.get((tenant, name))
+            if live is None:
+                live = await asyncio.to_thread(self._open, row)
+                self._live[(tenant, name)] = live
         return live
 
     async def _describe(self, live: LiveCollection) -> Collection:
@@ -190,24 +202,27 @@ class CollectionsService:
         return await self._describe(live)
 
     async def list_all(self, principal: Principal) -> CollectionList:
-        mine = [live for (tenant, _), live in self._live.items() if tenant == principal.tenant]
+        rows = await asyncio.to_thread(self.store.all_collections, principal.tenant)
+        mine = [self._live.get((row.tenant, row.name)) or await self._discover(row.tenant, row.name) for row in rows]
+        mine = [live for live in mine if live is not None]
         return CollectionList(data=[await self._describe(live) for live in sorted(mine, key=lambda l: l.row.name)])
 
     async def get(self, principal: Principal, name: str) -> Collection:
-        return await self._describe(self._live_or_404(principal, name))
+        return await self._describe(await self._live_or_404(principal, name))
 
     async def delete(self, principal: Principal, name: str) -> Deleted:
-        async with self._admin:
-            live = self._live_or_404(principal, name)
-            async with live.lock.write():
-                await asyncio.to_thread(self.store.delete_collection, live.row.id)
-                del self._live[(principal.tenant, name)]
-                self._index_path(live.row).unlink(missing_ok=True)
+        live = await self._live_or_404(principal, name)
+        async with self._admin, live.lock.write():
+            if self._live.get((principal.tenant, name)) is not live:
+                raise NotFound(f"No collection named `{name}`.", param="name", code="collection_not_found")
+            await asyncio.to_thread(self.store.delete_collection, live.row.id)
+            del self._live[(principal.tenant, name)]
+            self._index_path(live.row).unlink(missing_ok=True)
         return Deleted(id=name, object="collection")
 
     # -- documents ---------------------------------------------------------------------------
     async def upsert(self, principal: Principal, name: str, request: UpsertRequest) -> UpsertResponse:
-        live = self._live_or_404(principal, name)
+        live = await self._live_or_404(principal, name)
         row = live.row
         docs = _validated_documents(request.documents, row)
         usage = 0
@@ -262,7 +277,7 @@ class CollectionsService:
         live.position = position
 
     async def get_document(self, principal: Principal, name: str, doc_id: str, with_vector: bool) -> Document:
-        live = self._live_or_404(principal, name)
+        live = await self._live_or_404(principal, name)
         doc = await asyncio.to_thread(self.store.get, live.row.id, doc_id)
         if doc is None:
             raise NotFound(f"No document with id `{doc_id}` in `{name}`.", param="id", code="document_not_found")
@@ -271,7 +286,7 @@ class CollectionsService:
     async def list_documents(
         self, principal: Principal, name: str, limit: int, cursor: str | None, filter_json: str | None
     ) -> DocumentPage:
-        live = self._live_or_404(principal, name)
+        live = await self._live_or_404(principal, name)
         if not 1 <= limit <= 1000:
             raise InvalidRequest("limit must be between 1 and 1000.", param="limit")
         after = _decode_cursor(cursor) if cursor else None
@@ -284,12 +299,12 @@ class CollectionsService:
                             has_more=has_more)
 
     async def delete_document(self, principal: Principal, name: str, doc_id: str) -> Deleted:
-        if await self._delete(self._live_or_404(principal, name), documents.c.id == doc_id) == 0:
+        if await self._delete(await self._live_or_404(principal, name), documents.c.id == doc_id) == 0:
             raise NotFound(f"No document with id `{doc_id}` in `{name}`.", param="id", code="document_not_found")
         return Deleted(id=doc_id, object="document")
 
     async def delete_documents(self, principal: Principal, name: str, request: DeleteRequest) -> DeleteResponse:
-        live = self._live_or_404(principal, name)
+        live = await self._live_or_404(principal, name)
         if request.ids is None and request.filter is None:
             raise InvalidRequest("Give ids, a filter, or both (`\"filter\": {}` deletes every document).",
                                  param="ids")
@@ -305,7 +320,7 @@ class CollectionsService:
 
     # -- search ------------------------------------------------------------------------------
     async def search(self, principal: Principal, name: str, request: SearchRequest) -> SearchResponse | BatchSearchResponse:
-        live = self._live_or_404(principal, name)
+        live = await self._live_or_404(principal, name)
         row = live.row
         given = [f for f in ("query", "vector", "queries", "vectors") if getattr(request, f) is not None]
         if len(given) != 1:
