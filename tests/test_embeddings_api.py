@@ -35,7 +35,7 @@ def assert_error(response, status: int, param: str | None = None, code: str | No
 
 
 async def test_single_string_gives_one_normalised_vector(client):
-    response = await embed(client, input="the quick brown fox")
+    response = await embed(client, input="the quick brown fox", user="user-1234")
     assert response.status_code == 200
     body = response.json()
     assert body["model"] == "tiny"
