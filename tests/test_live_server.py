@@ -80,3 +80,25 @@ def test_keys_create_works_while_the_server_runs(server: ServerProcess):
                           headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 200
     assert key not in (server.data_dir / "embedsearch.db").read_bytes().decode("latin-1")
+
+
+def test_langchain_openai_embeddings_work_unchanged(server: ServerProcess):
+    from langchain_openai import OpenAIEmbeddings
+
+    # check_embedding_ctx_length=False: otherwise LangChain sends tiktoken ids, meaningless to Gemma
+    embeddings = OpenAIEmbeddings(model="tiny", base_url=server.url + "/v1", api_key=generated_admin_key(server),
+                                  check_embedding_ctx_length=False)
+    documents = embeddings.embed_documents(["hello world", "the lazy dog"])
+    query = embeddings.embed_query("hello world")
+    assert len(documents) == 2 and len(documents[0]) == 64
+    np.testing.assert_allclose(query, documents[0], atol=1e-6)
+
+
+def test_llamaindex_openai_like_embedding_works_unchanged(server: ServerProcess):
+    from llama_index.embeddings.openai_like import OpenAILikeEmbedding
+
+    embedding = OpenAILikeEmbedding(model_name="tiny", api_base=server.url + "/v1", api_key=generated_admin_key(server))
+    one = embedding.get_text_embedding("hello world")
+    batch = embedding.get_text_embedding_batch(["hello world", "red apple"])
+    assert len(one) == 64 and len(batch) == 2
+    np.testing.assert_allclose(one, batch[0], atol=1e-6)
