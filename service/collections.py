@@ -47,6 +47,7 @@ from service.api.schemas import (
 )
 from service.embeddings import EmbeddingsService, truncate_dimensions
 from service.errors import Conflict, InvalidRequest, NotFound
+from service.limits import check_json_depth
 from service.rwlock import RWLock
 from service.store.documents import CollectionRow, DocumentStore, DuplicateCollection, NewDocument, StoredDocument
 from service.store.filters import compile_filter
@@ -94,8 +95,9 @@ class CollectionsService:
             index.upsert(seqs, vectors)
             saved = position
             position = max(position, row.last_position)
-            if len(index) != self.store.count(row.id):
-                raise ValueError(f"index has {len(index)} vectors after replay, SQL has {self.store.count(row.id)}")
+            in_sql = np.sort(self.store.seqs_where(row.id, true()))
+            if not np.array_equal(index.ids(), in_sql):
+                raise ValueError(f"after replay the index holds {len(index)} ids, SQL {len(in_sql)}, not the same")
             log.info("collection %s/%s: snapshot at %d, replayed %d additions and %d removals",
                      row.tenant, row.name, saved, len(seqs), len(removed))
         except FileNotFoundError:
@@ -197,6 +199,7 @@ class CollectionsService:
             except DuplicateCollection:
                 raise Conflict(f"A collection named `{request.name}` already exists.", param="name",
                                code="collection_exists") from None
+            self._index_path(row).unlink(missing_ok=True)  # left by a crash mid-delete of an earlier collection
             live = LiveCollection(row=row, index=index, position=row.last_position, saved_position=-1)
             self._live[(row.tenant, row.name)] = live
         return await self._describe(live)
@@ -490,6 +493,7 @@ def _decode_cursor(cursor: str) -> str:
 def _parse_filter_param(value: str | None) -> Any:
     if value is None:
         return None
+    check_json_depth(value, what="filter", param="filter")  # json.loads recurses per level
     try:
         return json.loads(value)
     except json.JSONDecodeError as exc:

@@ -302,3 +302,40 @@ async def test_tenants_cannot_see_each_others_collections(client, settings):
     assert (await client.post("/v1/collections", json={"name": "mine", "dimension": 3}, headers=other)).status_code == 201
     assert (await client.get("/v1/collections/mine/documents/secret")).status_code == 200
     assert (await client.get("/v1/collections/mine")).json()["dimension"] == 2
+
+
+@pytest.mark.parametrize("damage", ["none", "missing", "corrupt", "stale"])
+async def test_restart_loads_replays_or_rebuilds_the_index(settings, damage):
+    from litestar.testing import AsyncTestClient
+
+    from service.app import create_app
+    from tests.conftest import AUTH, wait_ready
+
+    vectors = rng_vectors(200, 8, seed=5)
+    docs = [{"id": str(i), "vector": vectors[i].tolist()} for i in range(200)]
+    async with AsyncTestClient(create_app(settings)) as client:
+        await wait_ready(client)
+        client.headers.update(AUTH)
+        await make(client, "r", dimension=8, index="HNSW32")
+        await upsert(client, "r", docs[:100])
+    index_file = next((settings.data_dir / "indexes").glob("*.faiss"))
+    stale = index_file.read_bytes()
+    async with AsyncTestClient(create_app(settings)) as client:  # more writes, then a clean stop
+        await wait_ready(client)
+        client.headers.update(AUTH)
+        await upsert(client, "r", docs[100:])
+        await client.delete("/v1/collections/r/documents/0")
+    if damage == "missing":
+        index_file.unlink()
+    elif damage == "corrupt":
+        index_file.write_bytes(index_file.read_bytes()[:-100])
+    elif damage == "stale":  # an older snapshot: the writes after it are replayed from SQL
+        index_file.write_bytes(stale)
+    async with AsyncTestClient(create_app(settings)) as client:
+        await wait_ready(client)
+        client.headers.update(AUTH)
+        info = (await client.get("/v1/collections/r")).json()
+        assert info["count"] == info["indexed"] == 199
+        for i in (1, 150, 199):
+            assert (await search(client, "r", vector=vectors[i].tolist(), top_k=1))["data"][0]["id"] == str(i)
+        assert "0" not in [h["id"] for h in (await search(client, "r", vector=vectors[0].tolist(), top_k=5))["data"]]
