@@ -25,6 +25,11 @@ from service.embeddings import EmbeddingsService
 from service.encoder.hub import ModelHub
 from service.encoder.registry import Registry
 from service.errors import exception_handlers
+from service.limits import LimitedRequest
+from service.observability.metrics import Metrics
+from service.observability.middleware import instrument
+from service.observability.routes import metrics_endpoint, ready
+from service.ratelimit import RateLimiter
 from service.settings import Settings
 from service.store import migrate
 from service.store.db import make_engine
@@ -90,8 +95,10 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
 
         return Provide(dependency, sync_to_thread=False)
 
-    return Litestar(
-        route_handlers=[EmbeddingsController, ModelsController, CollectionsController, health],
+    limiter = RateLimiter.from_settings(settings)  # per-key token buckets, owned by this app
+    app = Litestar(
+        route_handlers=[EmbeddingsController, ModelsController, CollectionsController, health, ready,
+                        metrics_endpoint],
         dependencies={
             "hub": provide("hub"),
             "embeddings": provide("embeddings"),
@@ -99,9 +106,12 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
             "principal": Provide(principal, sync_to_thread=False),
         },
         middleware=[DefineMiddleware(BearerAuthMiddleware, exclude=["^/docs"])],
+        guards=[limiter.guard] if limiter is not None else [],  # guards run after the auth middleware
         exception_handlers=exception_handlers,
+        logging_config=None,  # logging is set up by the CLI (service.observability.logging), not replaced here
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
+        request_class=LimitedRequest,  # JSON bodies nested too deeply are a 400 before decoding
         openapi_config=OpenAPIConfig(
             title="embedsearch",
             version="0.1.0",
@@ -110,3 +120,4 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
             render_plugins=[ScalarRenderPlugin()],
         ),
     )
+    return instrument(app, Metrics())  # request ids, access log and HTTP metrics around every request

@@ -36,11 +36,16 @@ def setup_logging(level: str, fmt: str = "text") -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    if settings.log_format == "json":  # JSON lines only on stderr: no progress bars (read when tqdm is imported)
+        from service.observability.logging import disable_progress_bars
+
+        disable_progress_bars()
+
     import uvicorn
 
     from service.app import create_app
 
-    settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: let that end in exit 0.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import msgspec
 
@@ -43,6 +43,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Seconds between FAISS index snapshots (writes are durable in SQL at once; snapshots shorten replay).
     snapshot_seconds: float = 10.0
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
+    # Per-API-key token bucket: average requests per second (0 = no limit) and burst (0 = one second's worth).
+    rate_limit_rps: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    rate_limit_burst: Annotated[int, msgspec.Meta(ge=0)] = 0
 
     @property
     def sqlalchemy_url(self) -> str:
