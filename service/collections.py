@@ -61,6 +61,7 @@ MAX_DOCUMENTS = 1000
 MAX_ID_LENGTH = 256
 MAX_QUERIES = 256
 MAX_DIMENSION = 65536
+MAX_INDEX_LENGTH = 128
 
 
 @dataclass(eq=False)
@@ -186,6 +187,9 @@ class CollectionsService:
             raise InvalidRequest("dimension is required for a collection without a model.", param="dimension")
         if not 1 <= dimension <= MAX_DIMENSION:
             raise InvalidRequest(f"dimension must be between 1 and {MAX_DIMENSION}.", param="dimension")
+        _check_text(request.index, "index", param="index")
+        if len(request.index) > MAX_INDEX_LENGTH:  # the column's size
+            raise InvalidRequest(f"index must be at most {MAX_INDEX_LENGTH} characters.", param="index")
         try:
             index = VectorIndex(dimension, request.metric, request.index)
         except ValueError as exc:
@@ -281,6 +285,7 @@ class CollectionsService:
 
     async def get_document(self, principal: Principal, name: str, doc_id: str, with_vector: bool) -> Document:
         live = await self._live_or_404(principal, name)
+        _check_text(doc_id, "id", param="id")  # PostgreSQL cannot even compare a string holding NUL
         doc = await asyncio.to_thread(self.store.get, live.row.id, doc_id)
         if doc is None:
             raise NotFound(f"No document with id `{doc_id}` in `{name}`.", param="id", code="document_not_found")
@@ -302,7 +307,9 @@ class CollectionsService:
                             has_more=has_more)
 
     async def delete_document(self, principal: Principal, name: str, doc_id: str) -> Deleted:
-        if await self._delete(await self._live_or_404(principal, name), documents.c.id == doc_id) == 0:
+        live = await self._live_or_404(principal, name)
+        _check_text(doc_id, "id", param="id")
+        if await self._delete(live, documents.c.id == doc_id) == 0:
             raise NotFound(f"No document with id `{doc_id}` in `{name}`.", param="id", code="document_not_found")
         return Deleted(id=doc_id, object="document")
 
@@ -315,6 +322,8 @@ class CollectionsService:
         if request.ids is not None:
             if len(request.ids) > MAX_DOCUMENTS * 10:
                 raise InvalidRequest(f"At most {MAX_DOCUMENTS * 10} ids per call.", param="ids")
+            for i, doc_id in enumerate(request.ids):
+                _check_text(doc_id, f"ids[{i}]", param="ids")
             where = where & documents.c.id.in_(request.ids)
         return DeleteResponse(deleted=await self._delete(live, where))
 
@@ -411,13 +420,14 @@ def _vector(values: list[float], dimension: int, where: str, param: str) -> np.n
     return vector
 
 
-def _check_text(value: str, where: str) -> None:
+def _check_text(value: str, where: str, param: str = "documents") -> None:
+    """Strings bound for SQL: PostgreSQL can store neither NUL nor (in UTF-8) unpaired surrogates."""
     if "\x00" in value:
-        raise InvalidRequest(f"{where} contains a NUL character.", param="documents")
+        raise InvalidRequest(f"{where} contains a NUL character.", param=param)
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidRequest(f"{where} contains an unpaired surrogate.", param="documents") from None
+        raise InvalidRequest(f"{where} contains an unpaired surrogate.", param=param) from None
 
 
 def _check_json(value: Any, where: str, depth: int = 0) -> None:
@@ -485,9 +495,12 @@ def _encode_cursor(doc_id: str) -> str:
 
 def _decode_cursor(cursor: str) -> str:
     try:
-        return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+        after = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidRequest("cursor is not one this server gave out.", param="cursor") from None
+        after = "\x00"
+    if "\x00" in after:  # no id holds NUL (and PostgreSQL could not compare with one)
+        raise InvalidRequest("cursor is not one this server gave out.", param="cursor")
+    return after
 
 
 def _parse_filter_param(value: str | None) -> Any:

@@ -129,11 +129,47 @@ def _render(error: ApiError) -> Response[Any]:
     return Response(content=error.body(), status_code=error.status_code, headers=error.headers)
 
 
+# SQLite errors that mean "busy or unreachable", not "wrong": see database_unavailable().
+_SQLITE_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached or cannot serve right now (a 503, worth a
+    retry) rather than that the query or the schema is wrong (a 500, a bug).
+
+    * a disconnect SQLAlchemy noticed (``connection_invalidated``: the server went away mid-session);
+    * a pool that could not hand out a connection in time (``sqlalchemy.exc.TimeoutError``);
+    * psycopg's OperationalError: a failed connect (refused, reset, timed out), a server shutting
+      down or starting up (SQLSTATE 57P0x), too many connections (53300), a lock or statement timeout;
+    * SQLite busy/locked past its timeout, or a database file that cannot be opened or read.
+    """
+    from sqlalchemy import exc as sa
+
+    if isinstance(exc, sa.TimeoutError):
+        return True
+    if not isinstance(exc, sa.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if type(orig).__module__.startswith("psycopg"):
+        import psycopg
+
+        return isinstance(orig, psycopg.OperationalError)
+    name = getattr(orig, "sqlite_errorname", "")
+    return isinstance(name, str) and name.startswith(_SQLITE_UNAVAILABLE)
+
+
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, ApiError):
         return _render(exc)
     if isinstance(exc, HTTPException):
         return _render(_from_http_exception(exc))
+    if database_unavailable(exc):
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return _render(Unavailable("The database is unavailable right now; retry shortly.", retry_after=2,
+                                   code="database_unavailable"))
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     error = ApiError("The server had an error while processing your request.", code="internal_error", status_code=500)
     error.type = "server_error"

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from service.settings import Settings
+from tests.postgres import PostgresUnavailable, start_postgres
 from tests.tiny_model import save_tiny_gemma
 
 API_KEY = "test-admin-key"
@@ -41,6 +44,18 @@ def settings(tmp_path: Path, models_file: Path) -> Settings:
         models_file=str(models_file),
         batch_wait_ms=5,
     )
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a PostgreSQL server for the whole session (or EMBEDSEARCH_TEST_POSTGRES_URL); skips the
+    test when the server binaries are not installed (see tests/postgres.py)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(start_postgres())
+        except PostgresUnavailable as exc:
+            pytest.skip(f"PostgreSQL tests skipped: {exc}")
+        yield url
 
 
 def real_model_cache() -> Path:

@@ -15,6 +15,9 @@ with ``initdb`` in a temporary directory, starts with ``pg_ctl`` on 127.0.0.1 an
             yield url
 
 * ``EMBEDSEARCH_TEST_POSTGRES_URL`` set: that server is used as is (nothing started or stopped).
+* ``fresh_database(url)`` gives a new, empty database on that server for one test (dropped after).
+* ``own_postgres()`` starts a private server (never the one of the URL above) whose handle can
+  ``stop()`` and ``start()`` it again on the same data and port, for tests of database outages.
 * ``EMBEDSEARCH_TEST_POSTGRES_BIN`` may name the directory holding ``initdb``/``pg_ctl``;
   otherwise the newest ``/usr/lib/postgresql/*/bin`` (Debian/Ubuntu) or ``$PATH`` is used.
 * No binaries found: :class:`PostgresUnavailable` is raised (callers skip); any other failure
@@ -38,6 +41,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,20 +159,33 @@ class _Server:
             self.run(*initdb)
         for attempt in range(5):  # the free port may be taken between probing and binding
             self.port = _free_port()
-            options = (
-                f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50"
-            )
-            result = self.run(
-                "pg_ctl", "--pgdata", str(self.data), "--log", str(self.log), "--options", options,
-                "--wait", "--timeout", "60", "start", check=False,
-            )
+            result = self._pg_ctl_start()
             if result.returncode == 0:
                 break
             if attempt == 4 or "could not bind" not in self.server_log():
                 raise RuntimeError(f"pg_ctl start failed:\n{result.stdout}\n{result.stderr}\n{self.server_log()}")
         self._create_database()
         return f"postgresql+psycopg://{ROLE}@127.0.0.1:{self.port}/{DATABASE}"
+
+    def _pg_ctl_start(self) -> subprocess.CompletedProcess[str]:
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50"
+        )
+        return self.run(
+            "pg_ctl", "--pgdata", str(self.data), "--log", str(self.log), "--options", options,
+            "--wait", "--timeout", "60", "start", check=False,
+        )
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server but keep its data (``mode``: fast, or immediate as in a crash); see resume()."""
+        self.run("pg_ctl", "--pgdata", str(self.data), "--mode", mode, "--wait", "stop")
+
+    def resume(self) -> None:
+        """Start a halted server again: same data directory, same port."""
+        result = self._pg_ctl_start()
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed:\n{result.stdout}\n{result.stderr}\n{self.server_log()}")
 
     def _create_database(self) -> None:
         import psycopg
@@ -194,6 +211,16 @@ class _Server:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _bin_dir() -> Path:
+    bindir = find_bin_dir()
+    if bindir is None:
+        raise PostgresUnavailable(
+            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found in /usr/lib/postgresql/*/bin "
+            f"or on PATH; install PostgreSQL, or set {ENV_BIN} or {ENV_URL}"
+        )
+    return bindir
+
+
 @contextlib.contextmanager
 def start_postgres() -> Iterator[str]:
     """Yield the SQLAlchemy URL of a PostgreSQL server that lives as long as the ``with`` block."""
@@ -201,17 +228,60 @@ def start_postgres() -> Iterator[str]:
     if url:
         yield url
         return
-    bindir = find_bin_dir()
-    if bindir is None:
-        raise PostgresUnavailable(
-            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found in /usr/lib/postgresql/*/bin "
-            f"or on PATH; install PostgreSQL, or set {ENV_BIN} or {ENV_URL}"
-        )
-    server = _Server(bindir)
+    server = _Server(_bin_dir())
     try:
         yield server.start()
     finally:
         server.stop()
+
+
+class PostgresServer:
+    """A private server that a test may stop and start again (same data, same port): see ``own_postgres``."""
+
+    def __init__(self, server: _Server, url: str) -> None:
+        self._server = server
+        self.url = url
+
+    def stop(self, mode: str = "fast") -> None:
+        """Shut the server down, closing every connection (``immediate``: as if it crashed)."""
+        self._server.halt(mode)
+
+    def start(self) -> None:
+        self._server.resume()
+
+    def log(self) -> str:
+        return self._server.server_log()
+
+
+@contextlib.contextmanager
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own (never EMBEDSEARCH_TEST_POSTGRES_URL's, which cannot be
+    stopped), for tests of outages; deleted on exit. Raises PostgresUnavailable without binaries."""
+    server = _Server(_bin_dir())
+    try:
+        yield PostgresServer(server, server.start())
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def fresh_database(url: str) -> Iterator[str]:
+    """The URL of a new, empty database on the server of ``url``; dropped on exit (connections and all)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from typing import Annotated
 from litestar import Controller, Request, delete, get, post
 from litestar.params import Parameter
 
+from service.api.responses import errors
 from service.api.schemas import (
     BatchSearchResponse,
     Collection,
@@ -34,29 +35,30 @@ class CollectionsController(Controller):
     path = "/v1/collections"
     tags = ["collections"]
 
-    @post("/", status_code=201, summary="Create a collection")
+    @post("/", status_code=201, summary="Create a collection", responses=errors(404, 409, 413))
     async def create(self, data: CollectionCreate, collections: CollectionsService, principal: Principal) -> Collection:
         return await collections.create(principal, data)
 
-    @get("/", summary="List your collections")
+    @get("/", summary="List your collections", responses=errors())
     async def list_collections(self, collections: CollectionsService, principal: Principal) -> CollectionList:
         return await collections.list_all(principal)
 
-    @get("/{name:str}", summary="Describe a collection")
+    @get("/{name:str}", summary="Describe a collection", responses=errors(404))
     async def get_collection(self, name: str, collections: CollectionsService, principal: Principal) -> Collection:
         return await collections.get(principal, name)
 
-    @delete("/{name:str}", status_code=200, summary="Delete a collection with its documents and index")
+    @delete("/{name:str}", status_code=200, summary="Delete a collection with its documents and index",
+            responses=errors(404))
     async def delete_collection(self, name: str, collections: CollectionsService, principal: Principal) -> Deleted:
         return await collections.delete(principal, name)
 
-    @post("/{name:str}/documents", status_code=200, summary="Upsert up to 1000 documents")
+    @post("/{name:str}/documents", status_code=200, summary="Upsert up to 1000 documents", responses=errors(404, 413))
     async def upsert(
         self, name: str, data: UpsertRequest, collections: CollectionsService, principal: Principal
     ) -> UpsertResponse:
         return await collections.upsert(principal, name, data)
 
-    @get("/{name:str}/documents", summary="Page through documents (by id), optionally filtered")
+    @get("/{name:str}/documents", summary="Page through documents (by id), optionally filtered", responses=errors(404))
     async def list_documents(
         self,
         name: str,
@@ -68,7 +70,8 @@ class CollectionsController(Controller):
     ) -> DocumentPage:
         return await collections.list_documents(principal, name, limit, cursor, filter)
 
-    @get("/{name:str}/documents/{doc_id:str}", summary="Get a document (`?include=vector` adds its vector)")
+    @get("/{name:str}/documents/{doc_id:str}", summary="Get a document (`?include=vector` adds its vector)",
+         responses=errors(404))
     async def get_document(
         self,
         name: str,
@@ -79,19 +82,21 @@ class CollectionsController(Controller):
     ) -> Document:
         return await collections.get_document(principal, name, doc_id, include == "vector")
 
-    @delete("/{name:str}/documents/{doc_id:str}", status_code=200, summary="Delete a document")
+    @delete("/{name:str}/documents/{doc_id:str}", status_code=200, summary="Delete a document", responses=errors(404))
     async def delete_document(
         self, name: str, doc_id: str, collections: CollectionsService, principal: Principal
     ) -> Deleted:
         return await collections.delete_document(principal, name, doc_id)
 
-    @post("/{name:str}/documents/delete", status_code=200, summary="Delete documents by ids and/or filter")
+    @post("/{name:str}/documents/delete", status_code=200, summary="Delete documents by ids and/or filter",
+          responses=errors(404, 413))
     async def delete_documents(
         self, name: str, data: DeleteRequest, collections: CollectionsService, principal: Principal
     ) -> DeleteResponse:
         return await collections.delete_documents(principal, name, data)
 
-    @post("/{name:str}/search", status_code=200, summary="Similarity search by text or vector, with filters")
+    @post("/{name:str}/search", status_code=200, summary="Similarity search by text or vector, with filters",
+          responses=errors(404, 413))
     async def search(
         self, name: str, data: SearchRequest, collections: CollectionsService, principal: Principal
     ) -> SearchResponse | BatchSearchResponse:

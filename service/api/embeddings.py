@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import Controller, post
 
+from service.api.responses import errors
 from service.api.schemas import EmbeddingRequest, EmbeddingResponse
 from service.embeddings import EmbeddingsService
 
@@ -12,6 +13,6 @@ class EmbeddingsController(Controller):
     path = "/v1/embeddings"
     tags = ["embeddings"]
 
-    @post("/", status_code=200, summary="Create embeddings (OpenAI-compatible)")
+    @post("/", status_code=200, summary="Create embeddings (OpenAI-compatible)", responses=errors(404, 413))
     async def create(self, data: EmbeddingRequest, embeddings: EmbeddingsService) -> EmbeddingResponse:
         return await embeddings.create(data)

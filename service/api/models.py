@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import Controller, Response, get
 
+from service.api.responses import errors
 from service.api.schemas import Health, Model, ModelList
 from service.encoder.hub import ModelHub, ServedModel
 from service.errors import ModelNotFound
@@ -17,11 +18,11 @@ class ModelsController(Controller):
     path = "/v1/models"
     tags = ["models"]
 
-    @get("/", summary="List the served models")
+    @get("/", summary="List the served models", responses=errors())
     async def list_models(self, hub: ModelHub) -> ModelList:
         return ModelList(data=[_model(name, served) for name, served in hub.models.items()])
 
-    @get("/{model_id:str}", summary="Describe one model")
+    @get("/{model_id:str}", summary="Describe one model", responses=errors(404))
     async def get_model(self, model_id: str, hub: ModelHub) -> Model:
         served = hub.models.get(model_id)
         if served is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -170,5 +170,26 @@ class BatchSearchResponse(msgspec.Struct, kw_only=True):
     """For `queries` / `vectors`: one list of hits per query, in order."""
 
     object: Literal["list"] = "list"
-    data: list[list[Hit]]
+    # Never empty (there is at least one query): this tells it apart from a SearchResponse with no hits,
+    # so the OpenAPI `oneOf` of the search response matches exactly one of the two.
+    data: Annotated[list[list[Hit]], msgspec.Meta(min_length=1)]
     usage: Usage
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    message: str
+    # invalid_request_error, rate_limit_error or server_error
+    type: str
+    # The request field at fault (top-level name), when there is one.
+    param: str | None
+    # Machine-readable: invalid_request, invalid_api_key, not_found, context_length_exceeded, ...
+    code: str | None
+
+
+class ErrorResponse(msgspec.Struct, kw_only=True):
+    """Every error body, in OpenAI's shape."""
+
+    error: ErrorDetail

@@ -24,20 +24,11 @@ if str(ROOT) not in sys.path:
 
 from service.store.db import make_engine  # noqa: E402
 from service.store.tables import metadata  # noqa: E402
-from tests.postgres import PostgresUnavailable, start_postgres  # noqa: E402
 
 BACKENDS = ["sqlite", "postgresql"]
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """URL of a PostgreSQL server for the whole session (or EMBEDSEARCH_TEST_POSTGRES_URL)."""
-    with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(start_postgres())
-        except PostgresUnavailable as exc:
-            pytest.skip(f"PostgreSQL tests skipped: {exc}")
-        yield url
+# `postgres_url` (the session's PostgreSQL server) is defined in tests/conftest.py, for every test directory.
 
 
 @contextlib.contextmanager
