@@ -339,3 +339,18 @@ async def test_restart_loads_replays_or_rebuilds_the_index(settings, damage):
         for i in (1, 150, 199):
             assert (await search(client, "r", vector=vectors[i].tolist(), top_k=1))["data"][0]["id"] == str(i)
         assert "0" not in [h["id"] for h in (await search(client, "r", vector=vectors[0].tolist(), top_k=5))["data"]]
+
+
+async def test_ids_with_slashes_and_spaces_are_reachable_by_path(client):
+    from urllib.parse import quote
+
+    await make(client, "ids", dimension=2)
+    odd = ["a/b", "dir/sub/file.txt", "with space", "ünï✓", "Zed"]
+    await upsert(client, "ids", [{"id": i, "vector": [1, 0]} for i in odd])
+    for doc_id in odd:
+        got = await client.get(f"/v1/collections/ids/documents/{quote(doc_id, safe='')}")
+        assert got.status_code == 200 and got.json()["id"] == doc_id, (doc_id, got.text)
+    assert (await client.delete(f"/v1/collections/ids/documents/{quote('a/b', safe='')}")).status_code == 200
+    assert (await client.get("/v1/collections/ids")).json()["count"] == 4
+    assert [d["id"] for d in (await client.get("/v1/collections/ids/documents")).json()["data"]] == [
+        "Zed", "dir/sub/file.txt", "with space", "ünï✓"]

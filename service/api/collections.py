@@ -31,6 +31,11 @@ def principal(request: Request) -> Principal:
     return request.user
 
 
+def _id(path: str) -> str:
+    """Litestar gives `:path` parameters with their leading slash."""
+    return path[1:] if path.startswith("/") else path
+
+
 class CollectionsController(Controller):
     path = "/v1/collections"
     tags = ["collections"]
@@ -70,7 +75,8 @@ class CollectionsController(Controller):
     ) -> DocumentPage:
         return await collections.list_documents(principal, name, limit, cursor, filter)
 
-    @get("/{name:str}/documents/{doc_id:str}", summary="Get a document (`?include=vector` adds its vector)",
+    # `:path` so that ids containing "/" (sent as %2F) are reachable too.
+    @get("/{name:str}/documents/{doc_id:path}", summary="Get a document (`?include=vector` adds its vector)",
          responses=errors(404))
     async def get_document(
         self,
@@ -80,13 +86,13 @@ class CollectionsController(Controller):
         principal: Principal,
         include: Annotated[str | None, Parameter(description="`vector` to include the vector")] = None,
     ) -> Document:
-        return await collections.get_document(principal, name, doc_id, include == "vector")
+        return await collections.get_document(principal, name, _id(doc_id), include == "vector")
 
-    @delete("/{name:str}/documents/{doc_id:str}", status_code=200, summary="Delete a document", responses=errors(404))
+    @delete("/{name:str}/documents/{doc_id:path}", status_code=200, summary="Delete a document", responses=errors(404))
     async def delete_document(
         self, name: str, doc_id: str, collections: CollectionsService, principal: Principal
     ) -> Deleted:
-        return await collections.delete_document(principal, name, doc_id)
+        return await collections.delete_document(principal, name, _id(doc_id))
 
     @post("/{name:str}/documents/delete", status_code=200, summary="Delete documents by ids and/or filter",
           responses=errors(404, 413))
