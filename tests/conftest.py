@@ -3,13 +3,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from service.settings import Settings
-from tests.postgres import PostgresUnavailable, start_postgres
+from tests.postgres import PostgresUnavailable, fresh_database, start_postgres
 from tests.tiny_model import save_tiny_gemma
 
 API_KEY = "test-admin-key"
@@ -63,17 +64,22 @@ def real_model_cache() -> Path:
     return Path(os.environ.get("EMBEDSEARCH_TEST_CACHE", Path.home() / ".cache" / "embedsearch-tests" / "models"))
 
 
-@pytest.fixture
-async def client(settings: Settings):
-    """An in-process client of a fully started app (lifespan run, models loaded)."""
+@contextlib.asynccontextmanager
+async def app_client(settings: Settings) -> AsyncIterator:
+    """An in-process client of a fully started app (lifespan run, models loaded), with the admin key."""
     from litestar.testing import AsyncTestClient
 
     from service.app import create_app
 
-    app = create_app(settings)
-    async with AsyncTestClient(app, base_url="http://testserver.local") as client:
+    async with AsyncTestClient(create_app(settings), base_url="http://testserver.local") as client:
         await wait_ready(client)
         client.headers.update(AUTH)
+        yield client
+
+
+@pytest.fixture
+async def client(settings: Settings):
+    async with app_client(settings) as client:
         yield client
 
 
@@ -90,3 +96,14 @@ async def wait_ready(client, timeout: float = 120.0) -> None:
         assert status == "loading", status
         await asyncio.sleep(0.05)
     raise TimeoutError("models did not load")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_client(request: pytest.FixtureRequest, settings: Settings):
+    """The `client` fixture's app, on SQLite or on a fresh database of the session's PostgreSQL."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgresql":
+            url = stack.enter_context(fresh_database(request.getfixturevalue("postgres_url")))
+            settings = msgspec.structs.replace(settings, database_url=url)
+        async with app_client(settings) as client:
+            yield client

@@ -132,17 +132,12 @@ async def test_out_of_memory_splits_the_batch():
 
 
 async def test_http_overload_is_503_with_retry_after(settings, models_file):
-    from litestar.testing import AsyncTestClient
-
     import msgspec
 
-    from service.app import create_app
-    from tests.conftest import AUTH, wait_ready
+    from tests.conftest import app_client
 
-    app = create_app(msgspec.structs.replace(settings, queue_max_inputs=2, models="tiny"))
-    async with AsyncTestClient(app) as client:
-        await wait_ready(client)
-        response = await client.post("/v1/embeddings", json={"model": "tiny", "input": ["a", "b", "c"]}, headers=AUTH)
+    async with app_client(msgspec.structs.replace(settings, queue_max_inputs=2, models="tiny")) as client:
+        response = await client.post("/v1/embeddings", json={"model": "tiny", "input": ["a", "b", "c"]})
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert response.json()["error"]["type"] == "server_error"

@@ -8,6 +8,12 @@ import pytest
 from tests.test_embeddings_api import assert_error
 
 
+@pytest.fixture
+def client(db_client):
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return db_client
+
+
 def rng_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
 
@@ -276,13 +282,8 @@ async def test_deletes_by_id_ids_and_filter(client):
     assert (await client.get("/v1/collections/d")).json()["count"] == 6
 
 
-async def test_tenants_cannot_see_each_others_collections(client, settings):
-    from service.store.db import make_engine
-    from service.store.keys import KeyStore
-
-    engine = make_engine(settings.sqlalchemy_url)
-    other = {"Authorization": f"Bearer {KeyStore(engine).create('other')}"}
-    engine.dispose()
+async def test_tenants_cannot_see_each_others_collections(client):
+    other = {"Authorization": f"Bearer {client.app.state.services.keys.create('other')}"}
     await make(client, "mine", dimension=2)
     await upsert(client, "mine", [{"id": "secret", "vector": [1, 0]}])
     checks = [
@@ -306,23 +307,16 @@ async def test_tenants_cannot_see_each_others_collections(client, settings):
 
 @pytest.mark.parametrize("damage", ["none", "missing", "corrupt", "stale"])
 async def test_restart_loads_replays_or_rebuilds_the_index(settings, damage):
-    from litestar.testing import AsyncTestClient
-
-    from service.app import create_app
-    from tests.conftest import AUTH, wait_ready
+    from tests.conftest import app_client
 
     vectors = rng_vectors(200, 8, seed=5)
     docs = [{"id": str(i), "vector": vectors[i].tolist()} for i in range(200)]
-    async with AsyncTestClient(create_app(settings)) as client:
-        await wait_ready(client)
-        client.headers.update(AUTH)
+    async with app_client(settings) as client:
         await make(client, "r", dimension=8, index="HNSW32")
         await upsert(client, "r", docs[:100])
     index_file = next((settings.data_dir / "indexes").glob("*.faiss"))
     stale = index_file.read_bytes()
-    async with AsyncTestClient(create_app(settings)) as client:  # more writes, then a clean stop
-        await wait_ready(client)
-        client.headers.update(AUTH)
+    async with app_client(settings) as client:  # more writes, then a clean stop
         await upsert(client, "r", docs[100:])
         await client.delete("/v1/collections/r/documents/0")
     if damage == "missing":
@@ -331,9 +325,7 @@ async def test_restart_loads_replays_or_rebuilds_the_index(settings, damage):
         index_file.write_bytes(index_file.read_bytes()[:-100])
     elif damage == "stale":  # an older snapshot: the writes after it are replayed from SQL
         index_file.write_bytes(stale)
-    async with AsyncTestClient(create_app(settings)) as client:
-        await wait_ready(client)
-        client.headers.update(AUTH)
+    async with app_client(settings) as client:
         info = (await client.get("/v1/collections/r")).json()
         assert info["count"] == info["indexed"] == 199
         for i in (1, 150, 199):

@@ -10,17 +10,14 @@ store an unpaired UTF-16 surrogate as UTF-8, so those are refused on both backen
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import time
 from urllib.parse import quote
 
-import msgspec
 import pytest
 
 from tests.conftest import AUTH, wait_ready
-from tests.postgres import fresh_database
 from tests.test_embeddings_api import assert_error
 
 JSON = {"content-type": "application/json"}
@@ -42,24 +39,6 @@ SAMPLES = {
     "long-id": "😀" * 256,  # MAX_ID_LENGTH code points (1 KiB of UTF-8)
 }
 LONG_TEXT = "ünïcödé 😀 שלום " * 40_000  # ~640k code points
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db_client(request: pytest.FixtureRequest, settings):
-    """The `client` fixture's app, on SQLite or on a fresh database of the session's PostgreSQL."""
-    from litestar.testing import AsyncTestClient
-
-    from service.app import create_app
-
-    with contextlib.ExitStack() as stack:
-        if request.param == "postgresql":
-            url = stack.enter_context(fresh_database(request.getfixturevalue("postgres_url")))
-            settings = msgspec.structs.replace(settings, database_url=url)
-        app = create_app(settings)
-        async with AsyncTestClient(app, base_url="http://testserver.local") as client:
-            await wait_ready(client)
-            client.headers.update(AUTH)
-            yield client
 
 
 async def post_raw(client, path: str, body: bytes):

@@ -49,16 +49,11 @@ def test_real_gemma3_270m_ranks_paraphrases_above_unrelated_sentences(gemma: Enc
 
 async def test_text_collection_end_to_end_finds_the_paraphrased_document(tmp_path, gemma):
     """Upsert texts into a collection backed by gemma3:270m, search by paraphrase, over HTTP."""
-    from litestar.testing import AsyncTestClient
-
-    from service.app import create_app
     from service.settings import Settings
-    from tests.conftest import AUTH, API_KEY, wait_ready
+    from tests.conftest import API_KEY, app_client
 
     settings = Settings(data_dir=tmp_path / "data", api_key=API_KEY, models_dir=str(real_model_cache()))
-    async with AsyncTestClient(create_app(settings)) as client:
-        await wait_ready(client)
-        client.headers.update(AUTH)
+    async with app_client(settings) as client:
         assert (await client.post("/v1/collections", json={"name": "kb", "model": "gemma3:270m"})).status_code == 201
         docs = [{"id": f"doc{i}", "text": answer} for i, (_, answer) in enumerate(PAIRS)]
         docs.append({"id": "other", "text": "Photosynthesis turns sunlight into chemical energy in green plants."})

@@ -31,7 +31,7 @@ def upgrade() -> None:
     op.create_table(
         "documents",
         sa.Column("collection_id", sa.Integer(), sa.ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
-        sa.Column("id", sa.String(256), primary_key=True),
+        sa.Column("id", sa.String(256).with_variant(sa.String(256, collation="C"), "postgresql"), primary_key=True),
         sa.Column("seq", sa.BigInteger(), nullable=False),
         sa.Column("text", sa.Text(), nullable=True),
         sa.Column("meta", sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False),

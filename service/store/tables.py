@@ -63,7 +63,8 @@ documents = Table(
     "documents",
     metadata,
     Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
-    Column("id", String(256), primary_key=True),
+    # Code-point order on every database, so pages (ordered by id) and their cursors agree everywhere.
+    Column("id", String(256).with_variant(String(256, collation="C"), "postgresql"), primary_key=True),
     # FAISS id: a write-log position, never reused, so a replaced document gets a new one.
     Column("seq", BigInteger, nullable=False),
     Column("text", Text, nullable=True),
