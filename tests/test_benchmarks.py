@@ -1,0 +1,89 @@
+"""`python -m benchmarks --quick` runs end to end and writes results.json, report.md and PNG plots.
+
+The run uses a tiny random Gemma 3 (registered through a models file) instead of gemma3:270m, so that
+it takes under a minute; the real model is the default of the command. No timing is asserted: only
+the structure of the results, and that every figure is a positive, finite number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.tiny_model import save_tiny_gemma
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITES = ["embeddings", "upsert", "search"]
+
+
+def figures(node, path: str = ""):
+    """Every number below ``node`` (booleans are flags, not figures), with its path."""
+    if isinstance(node, bool) or node is None or isinstance(node, str):
+        return
+    if isinstance(node, (int, float)):
+        yield path, node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from figures(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from figures(value, f"{path}[{i}]")
+
+
+def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path: Path):
+    model = save_tiny_gemma(tmp_path / "tiny")
+    models_file = tmp_path / "models.json"
+    models_file.write_text(json.dumps({"models": {"tiny": {"source": str(model), "max_tokens": 1024}}}))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--model", "tiny", "--models-file", str(models_file),
+         "--models-dir", str(tmp_path / "models"), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["quick"] is True
+    assert results["machine"]["cpu"] and results["machine"]["cores_logical"] >= 1
+    assert {"python", "torch", "faiss", "litestar"} <= set(results["versions"])
+    assert results["settings"]["models"] == "tiny"
+    for name in SUITES:
+        suite = results["suites"][name]
+        assert suite["status"] == "ok", suite
+        assert suite["cases"], name
+        for case in suite["cases"]:
+            assert {"service", "baseline", "ratio"} <= set(case), case
+    assert results["suites"]["peers"]["status"] in ("ok", "skipped")
+
+    embeddings = results["suites"]["embeddings"]
+    assert {c["concurrency"] for c in embeddings["cases"]} >= {1, 16}
+    assert all({"p50_ms", "p95_ms", "p99_ms", "inputs_per_s", "tokens_per_s"} <= set(c["service"])
+               for c in embeddings["cases"])
+    assert {t["name"].split()[0] for t in embeddings["targets"]} == {"latency", "throughput"}
+    upsert = results["suites"]["upsert"]
+    assert {(c["input"], c["index"], c["batch"]) for c in upsert["cases"]} >= {
+        ("vectors", "Flat", 100), ("vectors", "Flat", 1000), ("vectors", "HNSW32", 100),
+        ("vectors", "HNSW32", 1000), ("texts", "Flat", 100), ("texts", "HNSW32", 100)}
+    search = results["suites"]["search"]
+    assert {re.match("[A-Za-z]+", c["index"]).group() for c in search["cases"]} == {"Flat", "HNSW", "IVF"}
+    assert {c["filter"] == "none" for c in search["cases"]} == {True, False}
+    assert all(0 < c["service"]["recall_at_10"] <= 1 for c in search["cases"])
+    assert search["curves"]
+
+    numbers = list(figures({name: results["suites"][name] for name in SUITES}))
+    assert len(numbers) > 100
+    bad = [(path, value) for path, value in numbers if not (math.isfinite(value) and value > 0)]
+    assert not bad, bad
+
+    report = (out / "report.md").read_text()
+    for heading in ("## Machine", "## Targets", "## Embeddings", "## Upsert", "## Search", "## Peers"):
+        assert heading in report
+    plots = sorted(out.glob("*.png"))
+    assert plots, "no plot written"
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+    for plot in plots:
+        assert f"]({plot.name})" in report
