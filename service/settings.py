@@ -32,7 +32,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     # Dynamic batching: padded tokens per forward pass, longest wait to fill a batch,
     # pending inputs before new requests are refused with 503.
-    batch_tokens: int = 0  # 0 = 16384 on CPU, 131072 on CUDA
+    batch_tokens: int = 0  # 0 = 2048 on CPU, 131072 on CUDA
     batch_max_inputs: int = 256
     batch_wait_ms: float = 2.0
     queue_max_inputs: int = 16384
