@@ -146,7 +146,7 @@ class CollectionsService:
     async def _live_or_404(self, principal: Principal, name: str) -> LiveCollection:
         live = self._live.get((principal.tenant, name)) or await self._discover(principal.tenant, name)
         if live is None:
-            raise NotFound(f"No collection named `{name}`.", param="name", code="collection_not_found")
+            raise _no_collection(name)
         return live
 
     async def _discover(self, tenant: str, name: str) -> LiveCollection | None:
@@ -221,7 +221,7 @@ class CollectionsService:
         live = await self._live_or_404(principal, name)
         async with self._admin, live.lock.write():
             if self._live.get((principal.tenant, name)) is not live:
-                raise NotFound(f"No collection named `{name}`.", param="name", code="collection_not_found")
+                raise _no_collection(name)
             await asyncio.to_thread(self.store.delete_collection, live.row.id)
             del self._live[(principal.tenant, name)]
             self._index_path(live.row).unlink(missing_ok=True)
@@ -235,16 +235,19 @@ class CollectionsService:
         usage = 0
         to_embed = [i for i, d in enumerate(docs) if d.vector is None]
         if to_embed:
-            vectors, usage = await self.embeddings.embed_texts(
-                row.model, [docs[i].text for i in to_embed], purpose="document", param="documents"
-            )
-            if row.dimension < vectors.shape[1]:
-                vectors = truncate_dimensions(vectors, row.dimension)
+            vectors, usage = await self._embed(row, [docs[i].text for i in to_embed], "document", "documents")
             for i, vector in zip(to_embed, vectors):
                 docs[i].vector = vector
         await self._write(live, self._upsert_now, live, docs)
         return UpsertResponse(ids=[d.id for d in docs], upserted=len(docs),
                               usage=Usage(prompt_tokens=usage, total_tokens=usage))
+
+    async def _embed(self, row: CollectionRow, texts: list[str], purpose: str, param: str) -> tuple[np.ndarray, int]:
+        """Embed texts with the collection's model, cut to its dimension (Matryoshka); returns (vectors, tokens)."""
+        vectors, tokens = await self.embeddings.embed_texts(row.model, texts, purpose=purpose, param=param)
+        if row.dimension < vectors.shape[1]:
+            vectors = truncate_dimensions(vectors, row.dimension)
+        return vectors, tokens
 
     async def _write(self, live: LiveCollection, write: Any, *args: Any) -> Any:
         """Run ``write`` (SQL commit, then the same change to FAISS) in a thread under the write lock.
@@ -253,7 +256,7 @@ class CollectionsService:
         has: a search never meets an index that is half-way through a change."""
         async with live.lock.write():
             if self._live.get((live.row.tenant, live.row.name)) is not live:
-                raise NotFound(f"No collection named `{live.row.name}`.", param="name", code="collection_not_found")
+                raise _no_collection(live.row.name)
             task = asyncio.ensure_future(asyncio.to_thread(write, *args))
             try:
                 return await asyncio.shield(task)
@@ -353,9 +356,7 @@ class CollectionsService:
                 if not text:
                     raise InvalidRequest(f"{kind} must not be empty." if kind == "query" else f"queries[{i}] is empty.",
                                          param=kind)
-            queries, usage = await self.embeddings.embed_texts(row.model, texts, purpose="query", param=kind)
-            if row.dimension < queries.shape[1]:
-                queries = truncate_dimensions(queries, row.dimension)
+            queries, usage = await self._embed(row, texts, "query", kind)
         else:
             raw = [request.vector] if kind == "vector" else request.vectors
             _check_count(raw, kind)
@@ -400,6 +401,10 @@ class CollectionsService:
 
 
 # -- validation helpers (one place for every document and vector check) ---------------------
+
+
+def _no_collection(name: str) -> NotFound:
+    return NotFound(f"No collection named `{name}`.", param="name", code="collection_not_found")
 
 
 def _check_count(items: list[Any], param: str) -> None:
