@@ -47,6 +47,7 @@ from service.api.schemas import (
 )
 from service.embeddings import EmbeddingsService, truncate_dimensions
 from service.errors import Conflict, InvalidRequest, NotFound
+from service.filter_cache import FilterCache, filter_key
 from service.limits import check_json_depth
 from service.rwlock import RWLock
 from service.store.documents import CollectionRow, DocumentStore, DuplicateCollection, NewDocument, StoredDocument
@@ -71,6 +72,10 @@ class LiveCollection:
     position: int  # last write-log position the in-memory index reflects
     saved_position: int  # position of the snapshot on disk (-1: none)
     lock: RWLock = field(default_factory=RWLock)
+    filters: FilterCache = field(init=False)  # what recent search filters matched
+
+    def __post_init__(self) -> None:
+        self.filters = FilterCache(self.position)
 
 
 class CollectionsService:
@@ -284,6 +289,7 @@ class CollectionsService:
         except Exception:
             log.exception("applying a committed write to the index of %s/%s failed", live.row.tenant, live.row.name)
             live.index = self._rebuild(live.row)
+        live.filters.record(position, removed)
         live.position = position
 
     async def get_document(self, principal: Principal, name: str, doc_id: str, with_vector: bool) -> Document:
@@ -365,7 +371,10 @@ class CollectionsService:
         where = self._where(request.filter) if request.filter is not None else None
         include = set(request.include)
         async with live.lock.read():
-            allowed = await asyncio.to_thread(self.store.seqs_where, row.id, where) if where is not None else None
+            allowed = None
+            if where is not None:
+                allowed = await asyncio.to_thread(live.filters.allowed, filter_key(request.filter), live.position,
+                                                  lambda after: self.store.seqs_where(row.id, where, after))
             scores, seqs = await asyncio.to_thread(live.index.search, queries, request.top_k, allowed)
             wanted = sorted({int(s) for s in seqs.ravel() if s >= 0})
             found = await asyncio.to_thread(self.store.by_seqs, row.id, wanted)

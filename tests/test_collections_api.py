@@ -346,3 +346,38 @@ async def test_ids_with_slashes_and_spaces_are_reachable_by_path(client):
     assert (await client.get("/v1/collections/ids")).json()["count"] == 4
     assert [d["id"] for d in (await client.get("/v1/collections/ids/documents")).json()["data"]] == [
         "Zed", "dir/sub/file.txt", "with space", "ünï✓"]
+
+
+async def test_filtered_search_stays_exact_across_writes(client):
+    """Filter answers are cached per filter and updated with each write: replacements moving documents
+    in and out of the filter, deletes and new documents must all show up in the very next search."""
+    rng = np.random.default_rng(7)
+    await make(client, "w", dimension=4)
+    truth: dict[str, dict] = {}
+
+    async def put(ids, groups):
+        docs = [{"id": i, "vector": rng.standard_normal(4).tolist(), "metadata": {"g": g, "k": "x"}}
+                for i, g in zip(ids, groups)]
+        await upsert(client, "w", docs)
+        truth.update({d["id"]: d["metadata"] for d in docs})
+
+    async def check():
+        for flt in ({"g": 1, "k": "x"}, {"k": "x", "g": 1}, {"g": {"$in": [1, 2]}}):
+            hits = (await search(client, "w", vector=[1, 0, 0, 0], top_k=1000, filter=flt))["data"]
+            wanted = {i for i, m in truth.items() if m["g"] in ((1,) if "k" in flt else (1, 2))}
+            assert {h["id"] for h in hits} == wanted, flt
+
+    await put([str(i) for i in range(60)], [i % 3 for i in range(60)])
+    await check()
+    await put(["0", "1", "2", "3"], [1, 0, 1, 2])  # replacements move documents in and out
+    await check()
+    deleted = await client.post("/v1/collections/w/documents/delete", json={"ids": ["4", "7", "10"]})
+    assert deleted.json() == {"deleted": 3}
+    for i in ("4", "7", "10"):
+        del truth[i]
+    await check()
+    await put(["new-a", "new-b"], [1, 2])
+    by_filter = await client.post("/v1/collections/w/documents/delete", json={"filter": {"g": 2}})
+    assert by_filter.status_code == 200
+    truth = {i: m for i, m in truth.items() if m["g"] != 2}
+    await check()

@@ -194,7 +194,10 @@ class DocumentStore:
             )
             return {r.seq: _document(r) for r in rows}
 
-    def seqs_where(self, collection_id: int, where: ColumnElement[bool]) -> np.ndarray:
+    def seqs_where(self, collection_id: int, where: ColumnElement[bool], after: int | None = None) -> np.ndarray:
+        """Seqs of the documents matching ``where`` (only those above ``after``, if given)."""
+        if after is not None:
+            where = and_(where, documents.c.seq > after)
         with self.engine.connect() as conn:
             rows = conn.execute(select(documents.c.seq).where(documents.c.collection_id == collection_id, where))
             return np.fromiter((r.seq for r in rows), dtype=np.int64)
