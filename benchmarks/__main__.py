@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         results["interrupted"] = True
         tqdm.write("interrupted: writing what was measured so far")
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the report short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             ctx.close()
         except Exception:

@@ -110,15 +110,9 @@ def server_settings(env: dict[str, str]) -> dict:
     settings = Settings.from_env(environ={k: v for k, v in env.items() if k != "EMBEDSEARCH_API_KEY"})
     out = {name: getattr(settings, name) for name in settings.__struct_fields__ if name != "api_key"}
     out = {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
-    if settings.device == "auto":
-        try:
-            import torch
-
-            cuda = torch.cuda.is_available()
-        except ImportError:
-            cuda = False
-    else:
-        cuda = settings.device.startswith("cuda")
     if not settings.batch_tokens:
-        out["batch_tokens"] = f"{131072 if cuda else 16384} (default for {'CUDA' if cuda else 'CPU'})"
+        from service.encoder.loader import default_batch_tokens, pick_device
+
+        device = pick_device(settings.device)
+        out["batch_tokens"] = f"{default_batch_tokens(device)} (default for {device.type})"
     return out

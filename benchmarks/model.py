@@ -18,7 +18,7 @@ class InProcessModel:
     def __init__(self, name: str, models_file: str | None, models_dir: Path, device: str = "auto",
                  dtype: str = "auto") -> None:
         from service.encoder.encoder import Encoder
-        from service.encoder.loader import load, pick_device, pick_dtype
+        from service.encoder.loader import default_batch_tokens, load, pick_device, pick_dtype
         from service.encoder.registry import Registry
 
         spec = Registry.load(models_file or None).get(name)
@@ -32,8 +32,9 @@ class InProcessModel:
         self.encoder = Encoder(load(spec, models_dir, self.device, self.dtype))
         self.load_s = time.perf_counter() - started
         self.dimension = self.encoder.dimension
-        # The server's default padded-token budget per forward pass on this device.
-        self.token_budget = 131072 if self.device.type == "cuda" else 16384
+        # Padded tokens per forward pass the sweep goes up to: well past the server's default budget, so
+        # that the baseline is the hardware's limit for this model, not the server's setting.
+        self.token_budget = 8 * default_batch_tokens(self.device)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.encoder.tokenize(texts)
@@ -73,7 +74,7 @@ class InProcessModel:
 
     def sweep(self, sequences: list[list[int]], min_seconds: float, max_batch: int = 256,
               max_forward_s: float | None = None, desc: str = "baseline") -> dict:
-        """Throughput at batch sizes 1, 2, 4, ... within the server's token budget; the best is the limit.
+        """Throughput at batch sizes 1, 2, 4, ... within ``token_budget``; the best is the limit.
 
         Every size is measured (no early stop on a noisy dip); the sweep ends past ``max_batch``, past the
         token budget, once one forward pass takes longer than ``max_forward_s`` (bigger batches only cost

@@ -307,6 +307,7 @@ def _peers_md(s: dict) -> list[str]:
 
 def write_all(results: dict, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(results, out_dir / "results.json")  # first: the numbers survive a failure in the plots
     plots = write_plots(results, out_dir)
     results["outputs"] = {"json": "results.json", "markdown": "report.md", "plots": plots}
     write_json(results, out_dir / "results.json")

@@ -30,11 +30,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     models_dir: str = ""
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
-    # Dynamic batching: padded tokens per forward pass, longest wait to fill a batch,
+    # Dynamic batching: padded tokens per forward pass, longest wait to fill a batch, how long under
+    # load to wait for the last batch's clients to come back (a fraction of that batch's forward time),
     # pending inputs before new requests are refused with 503.
     batch_tokens: int = 0  # 0 = 2048 on CPU, 131072 on CUDA
     batch_max_inputs: int = 256
     batch_wait_ms: float = 2.0
+    batch_patience: float = 0.25
     queue_max_inputs: int = 16384
     # Request limits.
     max_inputs: int = 2048

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,32 @@ async def test_http_overload_is_503_with_retry_after(settings, models_file):
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert response.json()["error"]["type"] == "server_error"
+
+
+@pytest.mark.parametrize("patience, expected", [(0.25, [8, 8]), (0.0, None)])
+async def test_under_load_the_next_pool_waits_for_the_last_pools_clients(encoder: Encoder, patience, expected):
+    """Eight clients in a closed loop: after their batch they come back one by one (5 ms apart here).
+    With patience the batcher waits for all eight (a fraction of the 200 ms forward) instead of
+    running the first arrival alone and splitting the rest into small batches."""
+    sequences = encoder.tokenize(sentences(8, seed=5))
+
+    def slow_encode(batch: list[list[int]]) -> np.ndarray:  # a forward pass as slow as the 270M model's on a CPU
+        time.sleep(0.2)
+        return encoder.encode(batch)
+
+    batcher = Batcher(slow_encode, encoder.dimension, max_wait=0.002, patience=patience)
+
+    async def client(i: int) -> np.ndarray:
+        await asyncio.sleep(0.005 * i)
+        return await batcher.embed([sequences[i]])
+
+    try:
+        await asyncio.gather(*(batcher.embed([s]) for s in sequences))
+        await asyncio.gather(*(client(i) for i in range(8)))
+    finally:
+        await batcher.stop()
+    sizes = list(batcher.stats.recent_batch_sizes)
+    if expected is not None:
+        assert sizes == expected
+    else:
+        assert sizes[0] == 8 and len(sizes) > 2  # without patience the returning clients are split up

@@ -6,6 +6,13 @@ length so that padding stays small, cuts it into batches bounded by a padded-tok
 batch size, and runs them one after another on a single inference thread. A request with many
 inputs is thereby split across batches, and short requests arriving meanwhile wait for at most one
 pool. The queue is bounded: past ``max_pending`` sequences, :meth:`embed` refuses at once with 503.
+
+Before taking a pool the worker gives concurrent requests ``max_wait`` to join. Under load it waits
+a little longer for as many sequences as the last pool held: clients that just got their answers
+are usually about to send the next request, and taking the first few of them alone would split
+one batch's worth of work into several small, slow ones. That wait is bounded by ``patience``
+times the last pool's forward time, so a client that went away costs little, and a lone client
+(a last pool of one) never waits more than ``max_wait``.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ class Batcher:
         max_tokens: int = 16384,
         max_batch: int = 256,
         max_wait: float = 0.002,
+        patience: float = 0.25,
         max_pending: int = 16384,
         name: str = "model",
     ) -> None:
@@ -65,6 +73,7 @@ class Batcher:
         self.max_tokens = max_tokens
         self.max_batch = max_batch
         self.max_wait = max_wait
+        self.patience = patience
         self.max_pending = max_pending
         self.name = name
         self.stats = BatcherStats()
@@ -73,6 +82,8 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encoder-{name}")
         self._worker: asyncio.Task[None] | None = None
+        self._last_pool = 0  # sequences in the last pool...
+        self._last_forward = 0.0  # ...and the seconds its forward passes took
 
     @property
     def pending(self) -> int:
@@ -144,21 +155,15 @@ class Batcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            idle = not self._queue
+            if idle:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-                # Give concurrent requests a moment to join, unless a full batch is already waiting.
-                deadline = time.monotonic() + self.max_wait
-                while self._queued_tokens < self.max_tokens and len(self._queue) < self.max_batch:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._wakeup.clear()
-                    try:
-                        await asyncio.wait_for(self._wakeup.wait(), remaining)
-                    except TimeoutError:
-                        break
-            for batch in self._split(self._take_pool()):
+            await self._gather(idle)
+            pool = self._take_pool()
+            self._last_pool = len(pool)
+            began = time.monotonic()
+            for batch in self._split(pool):
                 batch = [item for item in batch if not item.job.future.done()]
                 if not batch:
                     continue
@@ -180,6 +185,23 @@ class Batcher:
                     job.remaining -= 1
                     if job.remaining == 0:
                         job.future.set_result(job.result)
+            self._last_forward = time.monotonic() - began
+
+    async def _gather(self, idle: bool) -> None:
+        """Let concurrent requests join the next pool (see the module's docstring), unless a batch is full."""
+        now = time.monotonic()
+        deadline = now + self.max_wait if idle else now
+        patient_until = now + self.patience * self._last_forward
+        while self._queued_tokens < self.max_tokens and len(self._queue) < self.max_batch:
+            now = time.monotonic()
+            until = patient_until if len(self._queue) < self._last_pool else deadline
+            if now >= max(deadline, until):
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), max(deadline, until) - now)
+            except TimeoutError:
+                break
 
     def _encode_safely(self, sequences: list[list[int]]) -> np.ndarray:
         """Run a batch; on an out-of-memory error, run its halves instead."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from service.encoder.batcher import Batcher
 from service.encoder.encoder import Encoder
-from service.encoder.loader import load, pick_device, pick_dtype
+from service.encoder.loader import default_batch_tokens, load, pick_device, pick_dtype
 from service.encoder.registry import ModelSpec, Registry
 from service.errors import ModelNotFound, Unavailable
 from service.settings import Settings
@@ -56,15 +56,14 @@ class ModelHub:
             served.status, served.error = "error", f"{type(exc).__name__}: {exc}"
             return
         encoder = Encoder(loaded)
-        # On the CPU the forward pass is fastest per token at about 2k padded tokens (measured in benchmarks/).
-        default_budget = 131072 if self.device.type == "cuda" else 2048
         served.encoder = encoder
         served.batcher = Batcher(
             encoder.encode,
             encoder.dimension,
-            max_tokens=self.settings.batch_tokens or default_budget,
+            max_tokens=self.settings.batch_tokens or default_batch_tokens(self.device),
             max_batch=self.settings.batch_max_inputs,
             max_wait=self.settings.batch_wait_ms / 1000,
+            patience=self.settings.batch_patience,
             max_pending=self.settings.queue_max_inputs,
             name=served.spec.name,
         )

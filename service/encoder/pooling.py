@@ -10,7 +10,9 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
     hidden = hidden.float()
     if method == "mean":
         weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        # masked_fill, not a product: a padding position's state may be NaN (a fully masked attention row)
+        summed = hidden.masked_fill(weights == 0, 0.0).sum(dim=1)
+        return summed / weights.sum(dim=1).clamp(min=1.0)
     if method == "last":
         last = mask.sum(dim=1).long() - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
