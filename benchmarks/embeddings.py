@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from benchmarks.context import Context
 from benchmarks.data import LENGTHS, make_texts
-from benchmarks.load import check, run_load
+from benchmarks.load import LoadClient, check, run_load
 
 # Targets from the issue: at concurrency >= 16, >= 90% of in-process throughput; at concurrency 1,
 # latency within 15% of one in-process forward.
@@ -30,9 +30,9 @@ def requests_for(ctx: Context, concurrency: int) -> int:
 
 
 def _service_case(ctx: Context, texts: list[str], length: str, concurrency: int) -> dict:
-    async def request(http: httpx.AsyncClient, i: int) -> tuple[int, int]:
-        body = check(await http.post("/v1/embeddings", json={
-            "model": ctx.model_name, "input": texts[i % len(texts)], "encoding_format": "base64"}))
+    async def request(http: LoadClient, i: int) -> tuple[int, int]:
+        body = await http.post("/v1/embeddings", {
+            "model": ctx.model_name, "input": texts[i % len(texts)], "encoding_format": "base64"})
         if len(body["data"]) != 1:
             raise RuntimeError(f"expected 1 embedding, got {len(body['data'])}")
         return 1, body["usage"]["prompt_tokens"]

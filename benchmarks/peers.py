@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from benchmarks.context import Context
 from benchmarks.data import LENGTHS, make_texts
-from benchmarks.load import check, percentiles_ms, run_load
+from benchmarks.load import LoadClient, percentiles_ms, run_load
 from benchmarks.server import Target, free_port
 
 
@@ -89,8 +89,8 @@ def llama_cpp(ctx: Context) -> dict:
         texts = make_texts(200, LENGTHS["short"], ctx.model().tokenize, seed=3)
         cases = []
         for concurrency in (1, 16):
-            async def request(http: httpx.AsyncClient, i: int) -> tuple[int, int]:
-                body = check(await http.post("/v1/embeddings", json={"input": texts[i % len(texts)]}))
+            async def request(http: LoadClient, i: int) -> tuple[int, int]:
+                body = await http.post("/v1/embeddings", {"input": texts[i % len(texts)]})
                 return 1, body.get("usage", {}).get("prompt_tokens", 0)
 
             result = run_load(target, request, total=max(16, 2 * concurrency), concurrency=concurrency,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 
 import faiss
-import httpx
 import msgspec
 import numpy as np
 from faiss.contrib.evaluation import knn_intersection_measure
@@ -23,7 +22,7 @@ from tqdm import tqdm
 from benchmarks.baseline import ivf_factory, selector
 from benchmarks.context import Context
 from benchmarks.data import VectorSet
-from benchmarks.load import check, percentiles_ms, run_load
+from benchmarks.load import LoadClient, percentiles_ms, run_load
 
 TOP_K = 10
 FILTER = {"bucket": 3}  # each bucket holds 10% of the documents
@@ -66,8 +65,8 @@ def _service(ctx: Context, name: str, vs: VectorSet, filter_: dict | None, concu
     found = np.full((nq, TOP_K), -1, dtype=np.int64)
     path = f"/v1/collections/{name}/search"
 
-    async def request(http: httpx.AsyncClient, i: int) -> tuple[int, int]:
-        hits = check(await http.post(path, content=bodies[i % nq], headers={"Content-Type": "application/json"}))
+    async def request(http: LoadClient, i: int) -> tuple[int, int]:
+        hits = await http.post(path, bodies[i % nq])
         if i >= 0:
             ids = [int(hit["id"]) for hit in hits["data"]]
             found[i % nq, : len(ids)] = ids

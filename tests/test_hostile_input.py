@@ -17,7 +17,6 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import AUTH, wait_ready
 from tests.test_embeddings_api import assert_error
 
 JSON = {"content-type": "application/json"}

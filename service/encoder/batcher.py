@@ -12,7 +12,7 @@ a little longer for as many sequences as the last pool held: clients that just g
 are usually about to send the next request, and taking the first few of them alone would split
 one batch's worth of work into several small, slow ones. That wait is bounded by ``patience``
 times the last pool's forward time, so a client that went away costs little, and a lone client
-(a last pool of one) never waits more than ``max_wait``.
+(a last pool of one) does not wait at all.
 """
 
 from __future__ import annotations
@@ -190,7 +190,8 @@ class Batcher:
     async def _gather(self, idle: bool) -> None:
         """Let concurrent requests join the next pool (see the module's docstring), unless a batch is full."""
         now = time.monotonic()
-        deadline = now + self.max_wait if idle else now
+        # After idling, concurrent requests may be on their way, unless the last pool was a lone request.
+        deadline = now + self.max_wait if idle and self._last_pool != 1 else now
         patient_until = now + self.patience * self._last_forward
         while self._queued_tokens < self.max_tokens and len(self._queue) < self.max_batch:
             now = time.monotonic()

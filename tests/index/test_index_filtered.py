@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-import faiss
 
 from index import VectorIndex
 from _index_helpers import assert_topk_equal, recall_at_k, reference_knn
