@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ MAX_ID_LENGTH = 256
 MAX_QUERIES = 256
 MAX_DIMENSION = 65536
 MAX_INDEX_LENGTH = 128
+SNAPSHOT_SPACING = 10  # a periodic snapshot that took T seconds is not repeated for SNAPSHOT_SPACING * T
 
 
 @dataclass(eq=False)
@@ -72,6 +74,7 @@ class LiveCollection:
     position: int  # last write-log position the in-memory index reflects
     saved_position: int  # position of the snapshot on disk (-1: none)
     lock: RWLock = field(default_factory=RWLock)
+    next_snapshot: float = 0.0  # monotonic time before which a periodic snapshot is skipped
     filters: FilterCache = field(init=False)  # what recent search filters matched
 
     def __post_init__(self) -> None:
@@ -131,12 +134,18 @@ class CollectionsService:
             position = live.position
             if position == live.saved_position:
                 return
+            began = time.monotonic()
             await asyncio.to_thread(live.index.save, self._index_path(live.row), position)
+            took = time.monotonic() - began
+        # Writes wait while a snapshot is written: keep that under a tenth of the time for big indexes.
+        live.next_snapshot = time.monotonic() + SNAPSHOT_SPACING * took
         live.saved_position = position
         await asyncio.to_thread(self.store.prune_removals, live.row.id, position)
 
-    async def snapshot_all(self) -> None:
+    async def snapshot_all(self, periodic: bool = False) -> None:
         for live in list(self._live.values()):
+            if periodic and time.monotonic() < live.next_snapshot:
+                continue
             try:
                 await self.snapshot(live)
             except Exception:
@@ -145,7 +154,7 @@ class CollectionsService:
     async def run_snapshots(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            await self.snapshot_all()
+            await self.snapshot_all(periodic=True)
 
     # -- collections -------------------------------------------------------------------------
     async def _live_or_404(self, principal: Principal, name: str) -> LiveCollection:

@@ -33,7 +33,7 @@ MAX_JSON_DEPTH = 100
 
 # A JSON string literal once its escaped backslashes and quotes are gone.
 _STRING = re.compile(rb'"[^"]*"')
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
 
 
 def json_depth(data: bytes | str, limit: int = MAX_JSON_DEPTH) -> int:
@@ -45,13 +45,16 @@ def json_depth(data: bytes | str, limit: int = MAX_JSON_DEPTH) -> int:
     """
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
-    opening = data.count(b"[") + data.count(b"{")
+    # Backslashes pair up left to right, as JSON escapes do: drop `\\` pairs, then escaped quotes, and
+    # every remaining `"` delimits a string whose contents (brackets included) do not count. Only
+    # brackets and quotes matter then, so the rest goes first (a body of vectors shrinks 1000-fold).
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    kept = data.translate(None, _NOT_STRUCTURE)
+    opening = kept.count(b"[") + kept.count(b"{")
     if opening <= limit:  # cheap bound: depth never exceeds the number of opening brackets
         return opening
-    # Backslashes pair up left to right, as JSON escapes do: drop `\\` pairs, then escaped quotes, and
-    # every remaining `"` delimits a string whose contents (brackets included) do not count.
-    unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
-    brackets = _STRING.sub(b"", unescaped).translate(None, _NOT_BRACKETS)
+    brackets = _STRING.sub(b"", kept).replace(b'"', b"")
     codes = np.frombuffer(brackets, dtype=np.uint8)
     steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1).astype(np.int32)
     return int(np.cumsum(steps).max(initial=0))

@@ -42,7 +42,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_inputs: int = 2048
     max_body_bytes: int = 32 * 1024 * 1024
     truncate: bool = False  # default for requests that do not say; over-long inputs are cut instead of refused
-    # Seconds between FAISS index snapshots (writes are durable in SQL at once; snapshots shorten replay).
+    # Seconds between FAISS index snapshots (writes are durable in SQL at once; snapshots shorten replay);
+    # a collection whose last snapshot took T seconds waits at least 10 T.
     snapshot_seconds: float = 10.0
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
