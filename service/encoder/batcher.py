@@ -11,8 +11,9 @@ Before taking a pool the worker gives concurrent requests ``max_wait`` to join. 
 a little longer for as many sequences as the last pool held: clients that just got their answers
 are usually about to send the next request, and taking the first few of them alone would split
 one batch's worth of work into several small, slow ones. That wait is bounded by ``patience``
-times the last pool's forward time, so a client that went away costs little, and a lone client
-(a last pool of one) does not wait at all.
+times the last pool's forward time, so a client that went away costs little; it applies only right
+after a pool (not to a request arriving after a pause), and a lone client (a last pool of one) does
+not wait at all.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encoder-{name}")
         self._worker: asyncio.Task[None] | None = None
         self._last_pool = 0  # sequences in the last pool...
-        self._last_forward = 0.0  # ...and the seconds its forward passes took
+        self._last_forward = 0.0  # ...the seconds its forward passes took...
+        self._last_done = 0.0  # ...and when they ended (monotonic)
 
     @property
     def pending(self) -> int:
@@ -185,14 +187,17 @@ class Batcher:
                     job.remaining -= 1
                     if job.remaining == 0:
                         job.future.set_result(job.result)
-            self._last_forward = time.monotonic() - began
+            self._last_done = time.monotonic()
+            self._last_forward = self._last_done - began
 
     async def _gather(self, idle: bool) -> None:
         """Let concurrent requests join the next pool (see the module's docstring), unless a batch is full."""
         now = time.monotonic()
         # After idling, concurrent requests may be on their way, unless the last pool was a lone request.
         deadline = now + self.max_wait if idle and self._last_pool != 1 else now
-        patient_until = now + self.patience * self._last_forward
+        # Clients coming back from the last pool arrive within about one forward's time of its end.
+        returning = now - self._last_done <= self._last_forward
+        patient_until = now + self.patience * self._last_forward if returning else now
         while self._queued_tokens < self.max_tokens and len(self._queue) < self.max_batch:
             now = time.monotonic()
             until = patient_until if len(self._queue) < self._last_pool else deadline
