@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models-dir", type=Path, default=Path(os.environ.get("EMBEDSEARCH_MODELS_DIR", DEFAULT_MODELS_DIR)),
                    help=f"cache of converted checkpoints (default {DEFAULT_MODELS_DIR})")
     p.add_argument("--sizes", help="collection sizes, comma-separated (default 100000,1000000; --quick 10000)")
+    p.add_argument("--indexes", default="Flat,HNSW32,IVF",
+                   help="search suite: FAISS index types, comma-separated (IVF = IVF sized for the collection; "
+                        "default Flat,HNSW32,IVF)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (server and baseline)")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (server and baseline)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -54,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--sizes takes comma-separated integers")
     if args.sizes and min(args.sizes) < 1000:
         p.error("--sizes must be at least 1000")
+    args.indexes = [x.strip() for x in args.indexes.split(",") if x.strip()]
+    if not args.indexes:
+        p.error("--indexes needs at least one index type")
     if args.models_file:
         args.models_file = str(Path(args.models_file).resolve())
     for item in args.set:
@@ -91,6 +97,8 @@ def notes(args: argparse.Namespace, profile) -> list[str]:
                    "100k and 1M; few requests per case, so p99 is close to the maximum.")
     elif 1_000_000 not in profile.sizes:
         out.append(f"Collections of {sizes} vectors only (--sizes); the 1M-vector search was not run.")
+    if profile.indexes != ["Flat", "HNSW32", "IVF"]:
+        out.append(f"Search index types: {', '.join(profile.indexes)} only (--indexes).")
     try:
         import faiss
 
@@ -135,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, interrupted)
     started = time.time()
     info = machine.describe()
-    profile = Profile.make(args.quick, args.sizes, gpu=bool(info["gpu"]))
+    profile = Profile.make(args.quick, args.sizes, gpu=bool(info["gpu"]), indexes=args.indexes)
     out_dir = args.out.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix="embedsearch-bench-"))

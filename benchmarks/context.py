@@ -33,6 +33,7 @@ class Profile:
     batch100_docs: int  # upsert: documents written in batches of 100 (the rest in batches of 1000)
     text_batches: int  # upsert: batches of 100 texts (embedding included)
     text_tokens: int  # upsert: length of those texts
+    indexes: list[str]  # search: FAISS factory strings ("IVF": sized for the collection)
     search_concurrency: list[int]
     search_requests: dict[int, int]  # concurrency -> requests
     search_queries: int  # distinct query vectors (recall is averaged over them)
@@ -40,12 +41,13 @@ class Profile:
     search_seconds: float  # ...and in a search case (each concurrent worker still sends at least one)
 
     @classmethod
-    def make(cls, quick: bool, sizes: list[int] | None, gpu: bool) -> "Profile":
+    def make(cls, quick: bool, sizes: list[int] | None, gpu: bool,
+             indexes: tuple[str, ...] = ("Flat", "HNSW32", "IVF")) -> "Profile":
         if quick:
             return cls(
                 quick=True, lengths=["short"], concurrency=[1, 16], min_requests=6, rounds=2,
                 baseline_seconds=0.5, baseline_max_batch=64,
-                sizes=sizes or [10_000], batch100_docs=1000, text_batches=1, text_tokens=32,
+                sizes=sizes or [10_000], batch100_docs=1000, text_batches=1, text_tokens=32, indexes=list(indexes),
                 search_concurrency=[1, 16], search_requests={1: 60, 16: 160}, search_queries=160,
                 embed_seconds=10, search_seconds=4,
             )
@@ -54,6 +56,7 @@ class Profile:
             min_requests=16, rounds=4 if gpu else 2,
             baseline_seconds=3.0 if gpu else 1.5, baseline_max_batch=256,
             sizes=sizes or [100_000, 1_000_000], batch100_docs=5000, text_batches=3, text_tokens=32,
+            indexes=list(indexes),
             search_concurrency=[1, 16], search_requests={1: 200, 16: 800}, search_queries=800,
             embed_seconds=30, search_seconds=20,
         )

@@ -31,8 +31,8 @@ EF_SWEEP = [16, 32, 64, 128, 256, 512]
 NPROBE_SWEEP = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
-def factories(size: int) -> list[str]:
-    return ["Flat", "HNSW32", ivf_factory(size)]
+def factories(indexes: list[str], size: int) -> list[str]:
+    return [ivf_factory(size) if name == "IVF" else name for name in indexes]
 
 
 def ground_truth(vs: VectorSet, allowed: np.ndarray | None) -> np.ndarray:
@@ -127,7 +127,7 @@ def run(ctx: Context) -> dict:
         truths = {None: ground_truth(vs, None), "filter": ground_truth(vs, allowed)}
         tqdm.write(f"exact ground truth for {size} vectors in {time.perf_counter() - started:.1f} s")
         sel = selector(allowed)
-        for factory in factories(size):
+        for factory in factories(profile.indexes, size):
             loaded = ctx.collection(factory, size)
             curves.append({"size": size, "index": factory, "points": _sweep(loaded, vs, truths[None])})
             for filtered in (False, True):
