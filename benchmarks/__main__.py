@@ -190,9 +190,13 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             tqdm.write(f"== {name}")
             began = time.time()
+            ctx.partial = None
             try:
                 results["suites"][name] = runners[name](ctx)
             except KeyboardInterrupt:
+                if ctx.partial is not None:  # what the suite measured so far
+                    results["suites"][name] = {**ctx.partial, "status": "interrupted",
+                                               "duration_s": time.time() - began}
                 raise
             except Exception as exc:
                 failed = True

@@ -102,6 +102,7 @@ class Context:
         self._vectors: VectorSet | None = None
         self._dimension: int | None = None
         self.collections: dict[tuple[str, int], LoadedCollection] = {}
+        self.partial: dict | None = None  # the running suite's result so far (kept if the run is interrupted)
         self.http = httpx.Client(base_url=target.url, headers=target.headers, timeout=httpx.Timeout(900, connect=30))
 
     # -- the model ------------------------------------------------------------------------------

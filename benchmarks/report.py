@@ -138,7 +138,7 @@ def write_plots(results: dict, out_dir: Path) -> list[str]:
     written = []
     for name, plot in PLOTS.items():
         suite = results["suites"].get(name)
-        if suite and suite.get("status") == "ok" and suite.get("cases"):
+        if suite and suite.get("status") in ("ok", "interrupted") and suite.get("cases"):
             written.append(plot(suite, out_dir / f"{name}.png").name)
     return written
 
@@ -225,7 +225,9 @@ def markdown(results: dict, plots: list[str]) -> str:
         if suite is None:
             continue
         lines += [f"## {name.capitalize()}", ""]
-        if suite.get("status") != "ok":
+        if suite.get("status") == "interrupted":
+            lines += ["Interrupted: the cases measured before the interruption.", ""]
+        elif suite.get("status") != "ok":
             lines += [f"{suite.get('status')}: {suite.get('reason')}", ""]
             continue
         lines += render(suite)

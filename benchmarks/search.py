@@ -120,6 +120,17 @@ def run(ctx: Context) -> dict:
     profile = ctx.profile
     cases: list[dict] = []
     curves: list[dict] = []
+    result = {
+        "status": "ok",
+        "sizes": profile.sizes,
+        "dimension": ctx.dimension,
+        "metric": "cosine",
+        "data": "clustered synthetic vectors (3000 overlapping Gaussian clusters in a 64-d subspace, lifted and normalised)",
+        "baseline": "same FAISS index type and parameters, in-process, `concurrency` queries per call",
+        "cases": cases,
+        "curves": curves,
+    }
+    ctx.partial = result  # filled in as the cases are measured
     for size in profile.sizes:
         vs = ctx.vectors(size)
         allowed = np.flatnonzero(vs.buckets == FILTER["bucket"])
@@ -155,13 +166,4 @@ def run(ctx: Context) -> dict:
                                f"{service['qps']:,.0f} QPS p50 {service['p50_ms']:.1f} ms recall {service['recall_at_10']:.3f}"
                                f" | in-process {baseline['qps']:,.0f} QPS recall {baseline['recall_at_10']:.3f}")
             ctx.drop_collection(loaded)  # frees memory before the next (bigger) size
-    return {
-        "status": "ok",
-        "sizes": profile.sizes,
-        "dimension": ctx.dimension,
-        "metric": "cosine",
-        "data": "clustered synthetic vectors (3000 overlapping Gaussian clusters in a 64-d subspace, lifted and normalised)",
-        "baseline": "same FAISS index type and parameters, in-process, `concurrency` queries per call",
-        "cases": cases,
-        "curves": curves,
-    }
+    return result
