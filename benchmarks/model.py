@@ -45,7 +45,7 @@ class InProcessModel:
         if self.device.type == "cuda":
             import torch
 
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
         return time.perf_counter() - started
 
     def single_latency(self, sequences: list[list[int]], repeats: int, warmup: bool = True) -> dict[str, float]:
