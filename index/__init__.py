@@ -14,11 +14,13 @@ from .vector_index import (
     EXACT_SEARCH_FRACTION,
     EXACT_SEARCH_MAX_IDS,
     EXACT_SEARCH_MIN_IDS,
+    AllowedSet,
     VectorIndex,
 )
 
 __all__ = [
     "VectorIndex",
+    "AllowedSet",
     "build",
     "build_from_chunks",
     "CorruptIndexError",

@@ -140,6 +140,7 @@ class VectorIndex:
             raise ValueError(f"nprobe given but {self.factory!r} is not an IVF index")
         self._ids = DirectIds() if mode != "tombstone" else PositionalIds()
         self._tombstones = 0
+        self._version = 0  # bumped by every change of ids or labels (invalidates AllowedSet)
         self._side = None if self._main.is_trained else self._new_side()
         self._min_train = structure.min_training_size(self._main)
         if min_train_size is not None:
@@ -328,6 +329,7 @@ class VectorIndex:
         self._main.reset()
         self._ids.reset(np.empty(0, dtype=np.int64))
         self._tombstones = 0
+        self._version += 1
         self._append_positional(ext, vectors)
         self._gpu_dirty = True
         log.info(
@@ -368,6 +370,7 @@ class VectorIndex:
                 raise RuntimeError(f"FAISS removed {removed} vectors, expected {present.size}")
             self._forget(present, labels)
         self._gpu_dirty = True
+        self._version += 1
         return int(present.size)
 
     def _forget(self, ids: np.ndarray, labels: np.ndarray) -> None:
@@ -377,6 +380,7 @@ class VectorIndex:
             self._ids.discard(ids)
 
     def _add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self._version += 1
         if self._side is not None:
             if self._mode == "tombstone":
                 labels = np.arange(self._ids.n_labels, self._ids.n_labels + ids.size, dtype=np.int64)
@@ -443,17 +447,31 @@ class VectorIndex:
             raise
         self._side = None
         self._gpu_dirty = True
+        self._version += 1
         log.info(
             "index %s: trained and moved %d vectors into the index in %.2fs",
             self.factory, n, time.perf_counter() - t0,
         )
 
     # ------------------------------------------------------------------ search
+    def prepare_allowed(self, allowed_ids: np.ndarray) -> "AllowedSet":
+        """``allowed_ids`` ready for :meth:`search`, for as long as this index does not change.
+
+        Preparing (sorting, dropping ids not in the index, mapping to FAISS labels, and later the
+        FAISS selector) costs far more than a filtered search itself for large sets; a caller that
+        searches with the same allowed ids again should prepare them once. A stale AllowedSet is
+        prepared again by :meth:`search`, so it is always safe to pass.
+        """
+        allowed = np.unique(check_ids(allowed_ids, name="allowed_ids", allow_negative=True))
+        allowed = allowed[allowed >= 0]
+        allowed = allowed[self._ids.present(allowed)]
+        return AllowedSet(self, self._version, np.asarray(allowed_ids), self._ids.labels(allowed), allowed)
+
     def search(
         self,
         queries: np.ndarray,
         k: int,
-        allowed_ids: np.ndarray | None = None,
+        allowed_ids: "np.ndarray | AllowedSet | None" = None,
         *,
         ef_search: int | None = None,
         nprobe: int | None = None,
@@ -464,7 +482,8 @@ class VectorIndex:
         Returns (scores [nq, k] float32, ids [nq, k] int64), best first; ties are ordered by id. Rows
         with fewer than k results are padded with id -1 and score -inf (cosine/dot) or +inf (l2).
 
-        allowed_ids restricts the search to those ids and returns the top-k among them (never fewer
+        allowed_ids (an array, or an :class:`AllowedSet` from :meth:`prepare_allowed`) restricts the
+        search to those ids and returns the top-k among them (never fewer
         than min(k, number of live allowed ids)). Small allowed sets (see ``exact_search_*``) are
         searched exactly by brute force over their vectors; larger ones through FAISS with an
         IDSelector and efSearch/nprobe boosted by 1/sqrt(selectivity). ef_search / nprobe override the
@@ -481,12 +500,13 @@ class VectorIndex:
         nq = q.shape[0]
 
         cand: tuple[np.ndarray, np.ndarray] | None = None  # (labels, ids) sorted by id
+        prepared: AllowedSet | None = None
         if allowed_ids is not None:
-            allowed = np.unique(check_ids(allowed_ids, name="allowed_ids", allow_negative=True))
-            allowed = allowed[allowed >= 0]
-            allowed = allowed[self._ids.present(allowed)]
-            cand = (self._ids.labels(allowed), allowed)
-            n_cand = int(allowed.size)
+            prepared = allowed_ids if isinstance(allowed_ids, AllowedSet) else None
+            if prepared is None or prepared.index is not self or not prepared.current:
+                prepared = self.prepare_allowed(allowed_ids.source if prepared is not None else allowed_ids)
+            cand = (prepared.labels, prepared.ids)
+            n_cand = int(prepared.ids.size)
         else:
             n_cand = len(self)
         if nq == 0 or n_cand == 0:
@@ -497,7 +517,7 @@ class VectorIndex:
         elif exact or (cand is not None and self._prefer_exact(n_cand)):
             dist, ext = self._search_exact(q, k, cand)
         else:
-            searcher = self._index_searcher(k, cand, n_cand, ef_search, nprobe)
+            searcher = self._index_searcher(k, cand, n_cand, ef_search, nprobe, prepared)
             dist, ext = self._with_ties(searcher, q, k, n_cand, resolve=self._layout.exact)
             expected = min(k, n_cand)
             short = np.flatnonzero((ext >= 0).sum(axis=1) < expected)
@@ -570,7 +590,7 @@ class VectorIndex:
         )
         return dist, np.where(pos >= 0, ext[np.maximum(pos, 0)], -1)
 
-    def _index_searcher(self, k, cand, n_cand, ef_search, nprobe):
+    def _index_searcher(self, k, cand, n_cand, ef_search, nprobe, prepared=None):
         layout = self._layout
         ntotal = max(int(self._main.ntotal), 1)
         sel = None
@@ -580,7 +600,7 @@ class VectorIndex:
                 keep = self._ids.bitmap_of(cand[0])
                 sel = faiss.IDSelectorBitmap(keep)
             else:
-                sel = faiss.IDSelectorBatch(cand[0])
+                sel = prepared.batch_selector() if prepared is not None else faiss.IDSelectorBatch(cand[0])
         elif self._tombstones:
             keep = self._ids.live_bitmap()
             sel = faiss.IDSelectorBitmap(keep)
@@ -738,6 +758,7 @@ class VectorIndex:
             self.nprobe = meta["nprobe"]
         self._min_train = int(meta["min_train_size"])
         self._tombstones = int(meta["tombstones"])
+        self._version = 0
         self.compact_threshold = float(meta["compact_threshold"])
         self.exact_search_min_ids = int(meta["exact_search_min_ids"])
         self.exact_search_fraction = float(meta["exact_search_fraction"])
@@ -763,6 +784,29 @@ class VectorIndex:
             raise CorruptIndexError("training state does not match the stored indexes")
         self._init_gpu(use_gpu)
         return self
+
+
+class AllowedSet:
+    """Allowed ids prepared for one state of one index (see :meth:`VectorIndex.prepare_allowed`)."""
+
+    __slots__ = ("index", "version", "source", "labels", "ids", "_selector")
+
+    def __init__(self, index: VectorIndex, version: int, source: np.ndarray, labels: np.ndarray,
+                 ids: np.ndarray) -> None:
+        self.index, self.version, self.source = index, version, source
+        self.labels, self.ids = labels, ids  # sorted by id; only ids present in the index
+        self._selector = None
+
+    @property
+    def current(self) -> bool:
+        """Whether the index is unchanged since this set was prepared."""
+        return self.version == self.index._version
+
+    def batch_selector(self):
+        """The FAISS IDSelectorBatch over these labels, built once."""
+        if self._selector is None:
+            self._selector = faiss.IDSelectorBatch(self.labels)
+        return self._selector
 
 
 def _widen(dist: np.ndarray, ext: np.ndarray, width: int, pad: float) -> tuple[np.ndarray, np.ndarray]:

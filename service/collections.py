@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import ColumnElement, true
 
-from index import VectorIndex, build_from_chunks
+from index import AllowedSet, VectorIndex, build_from_chunks
 from service.api.schemas import (
     BatchSearchResponse,
     Collection,
@@ -65,6 +66,7 @@ MAX_QUERIES = 256
 MAX_DIMENSION = 65536
 MAX_INDEX_LENGTH = 128
 SNAPSHOT_SPACING = 10  # a periodic snapshot that took T seconds is not repeated for SNAPSHOT_SPACING * T
+PREPARED_FILTERS = 8  # per collection: filters whose allowed ids are kept prepared for FAISS
 
 
 @dataclass(eq=False)
@@ -76,6 +78,8 @@ class LiveCollection:
     lock: RWLock = field(default_factory=RWLock)
     next_snapshot: float = 0.0  # monotonic time before which a periodic snapshot is skipped
     filters: FilterCache = field(init=False)  # what recent search filters matched
+    prepared: dict[bytes, AllowedSet] = field(default_factory=dict)  # the same, ready for the index
+    prepared_lock: threading.Lock = field(default_factory=threading.Lock)  # searches run in threads
 
     def __post_init__(self) -> None:
         self.filters = FilterCache(self.position)
@@ -298,6 +302,7 @@ class CollectionsService:
         except Exception:
             log.exception("applying a committed write to the index of %s/%s failed", live.row.tenant, live.row.name)
             live.index = self._rebuild(live.row)
+            live.prepared.clear()  # they hold the old index
         live.filters.record(position, removed)
         live.position = position
 
@@ -382,8 +387,7 @@ class CollectionsService:
         async with live.lock.read():
             allowed = None
             if where is not None:
-                allowed = await asyncio.to_thread(live.filters.allowed, filter_key(request.filter), live.position,
-                                                  lambda after: self.store.seqs_where(row.id, where, after))
+                allowed = await asyncio.to_thread(self._allowed, live, filter_key(request.filter), where)
             scores, seqs = await asyncio.to_thread(live.index.search, queries, request.top_k, allowed)
             wanted = sorted({int(s) for s in seqs.ravel() if s >= 0})
             found = await asyncio.to_thread(self.store.by_seqs, row.id, wanted)
@@ -393,6 +397,20 @@ class CollectionsService:
         if kind in ("query", "vector"):
             return SearchResponse(data=lists[0], usage=usage_struct)
         return BatchSearchResponse(data=lists, usage=usage_struct)
+
+    def _allowed(self, live: LiveCollection, key: bytes, where: ColumnElement[bool]) -> AllowedSet:
+        """The documents a filter allows, prepared for the index; both kept for the next search with it."""
+        seqs = live.filters.allowed(key, live.position, lambda after: self.store.seqs_where(live.row.id, where, after))
+        with live.prepared_lock:
+            prepared = live.prepared.get(key)
+        if prepared is None or prepared.source is not seqs or not prepared.current:
+            prepared = live.index.prepare_allowed(seqs)
+        with live.prepared_lock:
+            live.prepared.pop(key, None)
+            live.prepared[key] = prepared  # most recently used last
+            while len(live.prepared) > PREPARED_FILTERS:
+                live.prepared.pop(next(iter(live.prepared)))
+        return prepared
 
     @staticmethod
     def _hits(row: CollectionRow, scores: np.ndarray, seqs: np.ndarray, found: dict[int, StoredDocument],

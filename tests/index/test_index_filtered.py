@@ -112,3 +112,25 @@ def test_ties_are_ordered_by_id():
     hn.upsert([50, 10, 30, 20, 40], np.repeat(v, 5, axis=0))
     np.testing.assert_array_equal(hn.search(v, 5)[1][0], [10, 20, 30, 40, 50])
     np.testing.assert_array_equal(hn.search(v, 2, allowed_ids=[40, 50, 30])[1][0], [30, 40])
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF16,Flat", "IVF16,PQ4"])
+def test_a_prepared_allowed_set_answers_like_the_array_and_survives_writes(rng, factory):
+    """prepare_allowed() does the per-query work once; after any write it is stale, and search
+    prepares it again instead of using labels that no longer hold."""
+    vi, ids, x = _index(rng, factory, "l2")
+    vi.exact_search_min_ids = 0
+    vi.exact_search_max_ids = 0  # the FAISS selector path, where preparing costs the most
+    allowed = ids[rng.random(len(ids)) < 0.5]
+    prepared = vi.prepare_allowed(allowed)
+    q = rng.standard_normal((20, D)).astype(np.float32)
+    for args in ((q, 10, prepared), (q, 10, prepared)):  # the second call reuses the built selector
+        np.testing.assert_array_equal(vi.search(*args)[1], vi.search(q, 10, allowed)[1])
+    assert prepared.current
+    # remove half the allowed ids and re-add the rest under new vectors: labels move (tombstones, IVF lists)
+    vi.remove(allowed[: len(allowed) // 2])
+    vi.upsert(allowed[len(allowed) // 2 :], rng.standard_normal((len(allowed) - len(allowed) // 2, D)).astype(np.float32))
+    assert not prepared.current
+    s, i = vi.search(q, 10, prepared)
+    np.testing.assert_array_equal(i, vi.search(q, 10, allowed)[1])
+    assert np.isin(i[i >= 0], allowed[len(allowed) // 2 :]).all()
