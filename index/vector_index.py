@@ -517,7 +517,7 @@ class VectorIndex:
         elif exact or (cand is not None and self._prefer_exact(n_cand)):
             dist, ext = self._search_exact(q, k, cand)
         else:
-            searcher = self._index_searcher(k, cand, n_cand, ef_search, nprobe, prepared)
+            searcher = self._index_searcher(k, prepared, n_cand, ef_search, nprobe)
             dist, ext = self._with_ties(searcher, q, k, n_cand, resolve=self._layout.exact)
             expected = min(k, n_cand)
             short = np.flatnonzero((ext >= 0).sum(axis=1) < expected)
@@ -590,17 +590,13 @@ class VectorIndex:
         )
         return dist, np.where(pos >= 0, ext[np.maximum(pos, 0)], -1)
 
-    def _index_searcher(self, k, cand, n_cand, ef_search, nprobe, prepared=None):
+    def _index_searcher(self, k, prepared, n_cand, ef_search, nprobe):
         layout = self._layout
         ntotal = max(int(self._main.ntotal), 1)
         sel = None
         keep = None  # numpy buffer referenced by a bitmap selector; must outlive the searches
-        if cand is not None:
-            if self._mode == "tombstone":
-                keep = self._ids.bitmap_of(cand[0])
-                sel = faiss.IDSelectorBitmap(keep)
-            else:
-                sel = prepared.batch_selector() if prepared is not None else faiss.IDSelectorBatch(cand[0])
+        if prepared is not None:
+            sel, keep = prepared.selector()
         elif self._tombstones:
             keep = self._ids.live_bitmap()
             sel = faiss.IDSelectorBitmap(keep)
@@ -795,18 +791,25 @@ class AllowedSet:
                  ids: np.ndarray) -> None:
         self.index, self.version, self.source = index, version, source
         self.labels, self.ids = labels, ids  # sorted by id; only ids present in the index
-        self._selector = None
+        self._selector = None  # (selector, the buffer it reads or None), built on first use
 
     @property
     def current(self) -> bool:
         """Whether the index is unchanged since this set was prepared."""
         return self.version == self.index._version
 
-    def batch_selector(self):
-        """The FAISS IDSelectorBatch over these labels, built once."""
-        if self._selector is None:
-            self._selector = faiss.IDSelectorBatch(self.labels)
-        return self._selector
+    def selector(self):
+        """(FAISS selector of these labels, numpy buffer it reads or None), built once: a bitmap over a
+        tombstoned index's label space, else an IDSelectorBatch. Keep the buffer alive while searching."""
+        built = self._selector
+        if built is None:  # searches may race here: each builds a whole pair, one is kept
+            if self.index._mode == "tombstone":
+                bitmap = self.index._ids.bitmap_of(self.labels)
+                built = (faiss.IDSelectorBitmap(bitmap), bitmap)
+            else:
+                built = (faiss.IDSelectorBatch(self.labels), None)
+            self._selector = built
+        return built
 
 
 def _widen(dist: np.ndarray, ext: np.ndarray, width: int, pad: float) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Where converted checkpoints are cached; empty means <data_dir>/models.
     models_dir: str = ""
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (bf16 on CUDA GPUs that support it, else fp32) | float32 | bfloat16 | float16
     # Dynamic batching: padded tokens per forward pass, longest wait to fill a batch, how long under
     # load to wait for the last batch's clients to come back (a fraction of that batch's forward time),
     # pending inputs before new requests are refused with 503.
