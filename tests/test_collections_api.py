@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -381,3 +383,27 @@ async def test_filtered_search_stays_exact_across_writes(client):
     assert by_filter.status_code == 200
     truth = {i: m for i, m in truth.items() if m["g"] != 2}
     await check()
+
+
+async def test_periodic_snapshots_are_spaced_by_their_own_duration(client, monkeypatch):
+    """A periodic snapshot that took T seconds is not repeated for 10 T (writes wait while one is
+    written); the snapshot at shutdown is never skipped."""
+    service = client.app.state.services.collections
+    await make(client, "s", dimension=2)
+    await upsert(client, "s", [{"id": "a", "vector": [1, 0]}])
+    live = service._live[("admin", "s")]
+    save = live.index.save
+
+    def slow_save(*args):  # a save as slow as a big index's
+        time.sleep(0.3)
+        save(*args)
+
+    monkeypatch.setattr(live.index, "save", slow_save)
+    await service.snapshot_all(periodic=True)
+    assert live.saved_position == live.position
+    assert live.next_snapshot - time.monotonic() > 2.0  # at least 10 x 0.3 s, less the time since
+    await upsert(client, "s", [{"id": "b", "vector": [0, 1]}])
+    await service.snapshot_all(periodic=True)
+    assert live.saved_position < live.position  # skipped: too soon after a 0.3 s save
+    await service.snapshot_all()
+    assert live.saved_position == live.position
