@@ -17,17 +17,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-try:  # the service's defaults, so that the baseline index is configured like the service's
-    from index.vector_index import DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH
-except Exception:  # pragma: no cover - index package layout changed
-    DEFAULT_EF_CONSTRUCTION = DEFAULT_EF_SEARCH = 128
-try:
-    from index.structure import MIN_POINTS_PER_CENTROID, default_nprobe
-except Exception:  # pragma: no cover
-    MIN_POINTS_PER_CENTROID = 39
-
-    def default_nprobe(nlist: int) -> int:
-        return int(min(nlist, max(8, round(math.sqrt(nlist)))))
+# The service's defaults, so that the baseline index is configured like the service's.
+from index.structure import MIN_POINTS_PER_CENTROID, default_nprobe
+from index.vector_index import DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH
 
 
 def ivf_factory(n: int) -> str:
