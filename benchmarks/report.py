@@ -295,16 +295,30 @@ def _peers_md(s: dict) -> list[str]:
     lines = []
     for name, peer in s["peers"].items():
         if peer["status"] != "ok":
-            lines.append(f"- {name}: {peer['status']}: {peer['reason']}")
+            lines += [f"- {name}: {peer['status']}: {peer['reason']}", ""]
         elif name == "chroma":
-            lines.append(f"- Chroma {peer['version']} ({peer['index']}, {peer['size']:,} vectors): upsert "
-                         f"{_n(peer['upsert']['docs_per_s'])} docs/s (batch 1000); search c=1 {_n(peer['search']['qps'])} "
-                         f"QPS, p50 {_n(peer['search']['p50_ms'])} ms, recall@10 {peer['search']['recall_at_10']:.3f}")
+            idx = peer["index"]
+            lines += [f"Chroma {peer['version']}, {peer['server']}, against this service's HNSW32 collection of the "
+                      f"same {peer['size']:,} vectors, same load generator. Index settings: ours {idx['ours']}; "
+                      f"Chroma {idx['chroma']}.", ""]
+            rows = [["upsert, batch 1000", "", "", _n(c["ours"]["docs_per_s"]) + " docs/s",
+                     _n(c["chroma"]["docs_per_s"]) + " docs/s", "", "", "", "", _pct(c["ratio"]["throughput"])]
+                    for c in peer["cases"] if c["workload"] == "upsert"]
+            rows += [["search", c["filter"], c["concurrency"], _n(c["ours"]["qps"]) + " QPS",
+                      _n(c["chroma"]["qps"]) + " QPS", _n(c["ours"]["p50_ms"]), _n(c["chroma"]["p50_ms"]),
+                      f"{c['ours']['recall_at_10']:.3f}", f"{c['chroma']['recall_at_10']:.3f}", _pct(c["ratio"]["qps"])]
+                     for c in peer["cases"] if c["workload"] == "search"]
+            lines += _table(["workload", "filter", "conc.", "ours", "Chroma", "ours p50 ms", "Chroma p50 ms",
+                             "ours recall@10", "Chroma recall@10", "ours / Chroma"], rows)
         else:
-            for case in peer["cases"]:
-                lines.append(f"- llama.cpp server, {case['length']} inputs, c={case['concurrency']}: "
-                             f"{_n(case['service']['inputs_per_s'])} inputs/s, p50 {_n(case['service']['p50_ms'])} ms")
-    return lines + [""]
+            lines += [f"llama.cpp's server (llama-cpp-python) on {Path(peer['gguf']).name}, one input per request:", ""]
+            lines += _table(
+                ["length", "conc.", "ours inputs/s", "llama.cpp inputs/s", "ours p50 ms", "llama.cpp p50 ms",
+                 "ours / llama.cpp"],
+                [[c["length"], c["concurrency"], _n(c["ours"]["inputs_per_s"]), _n(c["llama.cpp"]["inputs_per_s"]),
+                  _n(c["ours"]["p50_ms"]), _n(c["llama.cpp"]["p50_ms"]), _pct(c["ratio"]["throughput"])]
+                 for c in peer["cases"]])
+    return lines
 
 
 def write_all(results: dict, out_dir: Path) -> dict[str, Path]:

@@ -11,6 +11,7 @@ both. The unfiltered baseline is also swept over efSearch / nprobe for the QPS-v
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import faiss
 import msgspec
@@ -53,31 +54,38 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(knn_intersection_measure(found[asked], truth[asked]))
 
 
-def _service(ctx: Context, name: str, vs: VectorSet, filter_: dict | None, concurrency: int, total: int,
-             desc: str) -> tuple[dict, np.ndarray]:
-    nq = len(vs.queries)
-    bodies = []
-    for q in vs.queries:  # encoded up front: the client's JSON work is not the service's
-        body = {"vector": q.tolist(), "top_k": TOP_K}
-        if filter_ is not None:
-            body["filter"] = filter_
-        bodies.append(msgspec.json.encode(body))
+def search_load(target, path: str, bodies: list[bytes], ids_of: Callable[[dict], list[int]], concurrency: int,
+                total: int, desc: str, seconds: float | None) -> tuple[dict, np.ndarray]:
+    """``total`` POSTs of ``bodies`` (one query each, cycled) to ``path`` at ``concurrency``.
+
+    ``ids_of`` reads the hit positions out of an answer; returns the latency/QPS summary and the
+    positions found for each query (for recall).
+    """
+    nq = len(bodies)
     found = np.full((nq, TOP_K), -1, dtype=np.int64)
-    path = f"/v1/collections/{name}/search"
 
     async def request(http: LoadClient, i: int) -> tuple[int, int]:
-        hits = await http.post(path, bodies[i % nq])
+        ids = ids_of(await http.post(path, bodies[i % nq]))
         if i >= 0:
-            ids = [int(hit["id"]) for hit in hits["data"]]
             found[i % nq, : len(ids)] = ids
         return 1, 0
 
-    result = run_load(ctx.target, request, total=total, concurrency=concurrency, warmup=min(concurrency, 4),
-                      desc=desc, seconds=ctx.profile.search_seconds)
+    result = run_load(target, request, total=total, concurrency=concurrency, warmup=min(concurrency, 4),
+                      desc=desc, seconds=seconds)
     summary = result.summary()
     summary["qps"] = summary.pop("requests_per_s")
     summary.pop("inputs_per_s")
     return summary, found
+
+
+def service_search(ctx: Context, name: str, vs: VectorSet, filter_: dict | None, concurrency: int, total: int,
+                   desc: str) -> tuple[dict, np.ndarray]:
+    """The service's search endpoint, one query vector per request (bodies encoded before the clock)."""
+    bodies = [msgspec.json.encode({"vector": q.tolist(), "top_k": TOP_K, **({"filter": filter_} if filter_ else {})})
+              for q in vs.queries]
+    return search_load(ctx.target, f"/v1/collections/{name}/search", bodies,
+                       lambda answer: [int(hit["id"]) for hit in answer["data"]], concurrency, total, desc,
+                       ctx.profile.search_seconds)
 
 
 def _baseline(loaded, vs: VectorSet, sel, per_call: int, total: int, **params) -> tuple[dict, np.ndarray]:
@@ -147,8 +155,8 @@ def run(ctx: Context) -> dict:
                 for concurrency in profile.search_concurrency:
                     total = profile.search_requests[concurrency]
                     desc = f"search {factory} x{size} {'filtered ' if filtered else ''}c={concurrency}"
-                    service, found_s = _service(ctx, loaded.name, vs, FILTER if filtered else None, concurrency,
-                                                total, desc)
+                    service, found_s = service_search(ctx, loaded.name, vs, FILTER if filtered else None,
+                                                      concurrency, total, desc)
                     service["recall_at_10"] = recall(found_s, truth)
                     baseline, found_b = _baseline(loaded, vs, sel if filtered else None, concurrency,
                                                   service["requests"])

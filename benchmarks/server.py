@@ -9,7 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -118,3 +120,32 @@ class ServerProcess(Target):
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+@contextmanager
+def peer_server(argv: list[str], ready_url: str, log_path: Path, timeout: float = 120.0) -> Iterator[None]:
+    """Run a peer's server (``argv``) for the duration of the block; it is ready once ``ready_url`` answers 200."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(argv, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{Path(argv[0]).name} exited with {proc.returncode} (log: {log_path})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{ready_url} did not answer within {timeout:.0f} s (log: {log_path})")
+            try:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

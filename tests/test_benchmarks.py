@@ -87,3 +87,25 @@ def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path: Path):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
     for plot in plots:
         assert f"]({plot.name})" in report
+
+
+def test_peers_report_sets_each_peer_beside_the_service():
+    """The peers section renders a measured peer as a side-by-side table and a missing one as skipped."""
+    from benchmarks.report import _peers_md
+
+    def search(qps: float, recall: float) -> dict:
+        return {"qps": qps, "p50_ms": 1000 / qps, "recall_at_10": recall}
+
+    suite = {"peers": {
+        "chroma": {"status": "ok", "version": "1.5.9", "size": 100000, "server": "chroma run",
+                   "index": {"ours": "HNSW32", "chroma": {"max_neighbors": 16}},
+                   "cases": [{"workload": "upsert", "batch": 1000, "ours": {"docs_per_s": 3000.0},
+                              "chroma": {"docs_per_s": 1500.0}, "ratio": {"throughput": 2.0}},
+                             {"workload": "search", "filter": "bucket=3 (10%)", "concurrency": 16,
+                              "ours": search(400.0, 0.99), "chroma": search(100.0, 0.95), "ratio": {"qps": 4.0}}]},
+        "llama.cpp": {"status": "skipped", "reason": "not installed (pip install 'llama-cpp-python[server]')"},
+    }}
+    report = "\n".join(_peers_md(suite))
+    assert "| upsert, batch 1000 |  |  | 3,000 docs/s | 1,500 docs/s |" in report
+    assert "| search | bucket=3 (10%) | 16 | 400 QPS | 100 QPS | 2.50 | 10.0 | 0.990 | 0.950 | 400% |" in report
+    assert "- llama.cpp: skipped: not installed" in report
