@@ -26,7 +26,8 @@ vectors and at most ``exact_search_max_ids`` (50,000) ids, are brute-forced exac
 vectors; larger sets go through FAISS with an IDSelector (IDSelectorBatch of ids, or an
 IDSelectorBitmap over positions that also drops tombstones) and efSearch/nprobe raised by
 1/sqrt(selectivity). Any row an approximate index answers with fewer than min(k, candidates) results
-is recomputed exactly. Ties are ordered by id.
+is recomputed exactly. Ties are ordered by id. A set prepared once (:meth:`VectorIndex.prepare_allowed`)
+keeps its selector and, up to ``GATHERED_MAX_BYTES``, its gathered vectors until the index changes.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ DEFAULT_COMPACT_THRESHOLD = 0.2
 EXACT_SEARCH_MIN_IDS = 4096
 EXACT_SEARCH_FRACTION = 0.2
 EXACT_SEARCH_MAX_IDS = 50_000
+# A prepared allowed set keeps its gathered vectors for later exact searches when they take at most
+# this many bytes (10k vectors of 640-d fit); larger sets are gathered again on each search.
+GATHERED_MAX_BYTES = 32 << 20
 # When a selector keeps only a fraction s of the index, efSearch / nprobe are scaled by 1/sqrt(s)
 # (at most this factor) so that filtered and tombstoned searches keep their recall.
 MAX_FILTER_BOOST = 16.0
@@ -515,7 +519,7 @@ class VectorIndex:
         if self._side is not None:
             dist, ext = self._with_ties(self._side_searcher(cand), q, k, n_cand, resolve=True)
         elif exact or (cand is not None and self._prefer_exact(n_cand)):
-            dist, ext = self._search_exact(q, k, cand)
+            dist, ext = self._search_exact(q, k, cand, prepared)
         else:
             searcher = self._index_searcher(k, prepared, n_cand, ef_search, nprobe)
             dist, ext = self._with_ties(searcher, q, k, n_cand, resolve=self._layout.exact)
@@ -524,7 +528,7 @@ class VectorIndex:
             if short.size:
                 # The approximate index returned too few (tombstones, heavy filter, small IVF lists):
                 # answer those rows exactly so callers always get min(k, candidates) results.
-                d2, e2 = self._search_exact(q[short], k, cand)
+                d2, e2 = self._search_exact(q[short], k, cand, prepared)
                 dist, ext = _widen(dist, ext, k, self._pad_dist)
                 dist[short, :k], ext[short, :k] = d2, e2
                 dist[short, k:], ext[short, k:] = self._pad_dist, -1
@@ -574,14 +578,15 @@ class VectorIndex:
 
         return run
 
-    def _search_exact(self, q, k, cand):
+    def _search_exact(self, q, k, cand, prepared: "AllowedSet | None" = None):
         if cand is None:
             cand = self._ids.live_labels_and_ids()
         labels, ext = cand
         store = self._main if self._side is None else self._side
+        held = prepared.gathered() if prepared is not None else None
         dist, pos = exact_knn(
             q,
-            lambda a, b: self._reconstruct(store, labels[a:b]),
+            (lambda a, b: held[a:b]) if held is not None else (lambda a, b: self._reconstruct(store, labels[a:b])),
             labels.size,
             self.dimension,
             k,
@@ -785,13 +790,14 @@ class VectorIndex:
 class AllowedSet:
     """Allowed ids prepared for one state of one index (see :meth:`VectorIndex.prepare_allowed`)."""
 
-    __slots__ = ("index", "version", "source", "labels", "ids", "_selector")
+    __slots__ = ("index", "version", "source", "labels", "ids", "_selector", "_gathered")
 
     def __init__(self, index: VectorIndex, version: int, source: np.ndarray, labels: np.ndarray,
                  ids: np.ndarray) -> None:
         self.index, self.version, self.source = index, version, source
         self.labels, self.ids = labels, ids  # sorted by id; only ids present in the index
         self._selector = None  # (selector, the buffer it reads or None), built on first use
+        self._gathered: np.ndarray | None = None  # their vectors, for exact searches, gathered on first use
 
     @property
     def current(self) -> bool:
@@ -810,6 +816,16 @@ class AllowedSet:
                 built = (faiss.IDSelectorBatch(self.labels), None)
             self._selector = built
         return built
+
+    def gathered(self) -> np.ndarray | None:
+        """The allowed vectors in ``labels`` order, gathered once for exact searches; None when they
+        would take more than GATHERED_MAX_BYTES (the caller then gathers them chunk by chunk)."""
+        held = self._gathered
+        if held is None and self.labels.size * self.index.dimension * 4 <= GATHERED_MAX_BYTES:
+            index = self.index
+            held = index._reconstruct(index._main if index._side is None else index._side, self.labels)
+            self._gathered = held  # searches may race here: each gathers, one is kept
+        return held
 
 
 def _widen(dist: np.ndarray, ext: np.ndarray, width: int, pad: float) -> tuple[np.ndarray, np.ndarray]:

@@ -134,3 +134,32 @@ def test_a_prepared_allowed_set_answers_like_the_array_and_survives_writes(rng, 
     s, i = vi.search(q, 10, prepared)
     np.testing.assert_array_equal(i, vi.search(q, 10, allowed)[1])
     assert np.isin(i[i >= 0], allowed[len(allowed) // 2 :]).all()
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF16,Flat"])
+def test_a_prepared_set_keeps_its_gathered_vectors_until_the_index_changes(rng, factory, monkeypatch):
+    """Exact searches over a prepared set gather its vectors once; a write that moves them makes the
+    set stale, so the next search sees the new vectors, never the kept copy."""
+    import index.vector_index as vector_index
+
+    vi, ids, x = _index(rng, factory, "cosine")
+    sel = rng.choice(len(ids), 200, replace=False)
+    prepared = vi.prepare_allowed(ids[sel])
+    q = rng.standard_normal((5, D)).astype(np.float32)
+    expected = reference_knn(ids[sel], x[sel], q, 10, "cosine")
+    assert_topk_equal(*vi.search(q, 10, prepared), *expected)
+    assert prepared.gathered() is not None
+    gathers = []
+    monkeypatch.setattr(vi, "_reconstruct", lambda store, labels: gathers.append(labels) or None)
+    assert_topk_equal(*vi.search(q, 10, prepared), *expected)
+    assert not gathers  # the second search gathered nothing
+    monkeypatch.undo()
+
+    moved = rng.standard_normal((len(sel), D)).astype(np.float32)
+    vi.upsert(ids[sel], moved)  # same ids, new vectors
+    assert_topk_equal(*vi.search(q, 10, prepared), *reference_knn(ids[sel], moved, q, 10, "cosine"))
+
+    monkeypatch.setattr(vector_index, "GATHERED_MAX_BYTES", 100 * D * 4)  # 200 vectors no longer fit
+    big = vi.prepare_allowed(ids[sel])
+    assert_topk_equal(*vi.search(q, 10, big), *reference_knn(ids[sel], moved, q, 10, "cosine"))
+    assert big.gathered() is None
