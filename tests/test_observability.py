@@ -118,7 +118,8 @@ async def test_metrics_count_routes_by_template_and_expose_no_tenant_data(client
     assert response.status_code == 200
     tokens += response.json()["usage"]["prompt_tokens"]
     for _ in range(2):
-        response = await client.post("/v1/collections/acme-secret-plans/search", json={"query": "apple", "top_k": 2})
+        response = await client.post("/v1/collections/acme-secret-plans/search",
+                                     json={"query": "apple", "top_k": 2, "filter": {"lang": "en"}})
         assert response.status_code == 200
         tokens += response.json()["usage"]["prompt_tokens"]
     assert (await client.post("/v1/collections/nope/search", json={"query": "x"})).status_code == 404
@@ -157,6 +158,10 @@ async def test_metrics_count_routes_by_template_and_expose_no_tenant_data(client
     row_id = client.app.state.services.collections._live[("admin", "acme-secret-plans")].row.id
     assert value(samples, "embedsearch_collections") == 1
     assert value(samples, "embedsearch_collection_vectors", collection=row_id) == 3
+    # the filter cache: the first filtered search evaluated the filter in SQL, the second reused it
+    lookups = {result: value(samples, "embedsearch_filter_cache_lookups_total", collection=row_id, result=result)
+               for result in ("hit", "update", "miss")}
+    assert lookups == {"hit": 1, "update": 0, "miss": 1}
     assert types["embedsearch_http_request_duration_seconds"] == "histogram"
     assert types["embedsearch_encoder_batch_size"] == "histogram"
 

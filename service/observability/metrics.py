@@ -3,8 +3,9 @@
 :class:`Metrics` is a small registry made by the app factory and owned by the app. The request path
 feeds it only the HTTP series (a dict update and a bisect per request, from
 :class:`~service.observability.middleware.RequestObserver`); everything else is read at scrape time
-from objects that already keep it: each model's batcher (``stats``, ``pending``) and each
-collection's index size. The event loop is the only writer and reader, so no locks are needed.
+from objects that already keep it: each model's batcher (``stats``, ``pending``), each collection's
+index size and filter cache counters. The event loop is the only writer and reader, so no locks are
+needed.
 
 Nothing here names a tenant or a collection: routes are templates (``/v1/collections/{name}/search``)
 and collections are labelled by their numeric id, so ``/metrics`` can be served without a key.
@@ -120,13 +121,21 @@ class Metrics:
         if hub is not None:
             self._render_models(out, hub)
         if collections is not None:
-            sizes = _index_sizes(collections)
+            lives = _open_collections(collections)
             out.family("embedsearch_collections", "gauge", "Collections, all tenants together.")
-            out.sample("embedsearch_collections", {}, len(sizes))
+            out.sample("embedsearch_collections", {}, len(lives))
             out.family("embedsearch_collection_vectors", "gauge",
                        "Vectors in each collection's FAISS index, by collection id.")
-            for collection_id, size in sorted(sizes.items()):
-                out.sample("embedsearch_collection_vectors", {"collection": collection_id}, size)
+            for live in lives:
+                out.sample("embedsearch_collection_vectors", {"collection": live.row.id}, len(live.index))
+            out.family("embedsearch_filter_cache_lookups_total", "counter",
+                       "Filtered searches by how the collection's filter cache answered: hit (unchanged since "
+                       "cached), update (only the writes since read from SQL), miss (evaluated in SQL).")
+            for live in lives:
+                for result, count in (("hit", live.filters.hits), ("update", live.filters.updates),
+                                      ("miss", live.filters.misses)):
+                    out.sample("embedsearch_filter_cache_lookups_total", {"collection": live.row.id, "result": result},
+                               count)
         return out.text()
 
     def _render_models(self, out: _Writer, hub: ModelHub) -> None:
@@ -163,10 +172,10 @@ class Metrics:
             out.sample("embedsearch_encoder_queue_capacity", {"model": name}, batcher.max_pending)
 
 
-def _index_sizes(collections: CollectionsService) -> dict[int, int]:
-    """Vectors in each open collection's index, by collection id (never tenant or name)."""
+def _open_collections(collections: CollectionsService) -> list:
+    """The open collections (labelled by id, never tenant or name), in id order."""
     # CollectionsService keeps its open collections in `_live`; read-only here, on the event loop.
-    return {live.row.id: len(live.index) for live in list(collections._live.values())}
+    return sorted(collections._live.values(), key=lambda live: live.row.id)
 
 
 class _Writer:
