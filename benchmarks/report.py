@@ -311,7 +311,11 @@ def _peers_md(s: dict) -> list[str]:
             lines += _table(["workload", "filter", "conc.", "ours", "Chroma", "ours p50 ms", "Chroma p50 ms",
                              "ours recall@10", "Chroma recall@10", "ours / Chroma"], rows)
         else:
-            lines += [f"llama.cpp's server (llama-cpp-python) on {Path(peer['gguf']).name}, one input per request:", ""]
+            shape = "one vector per input" if peer["pooled"] else (
+                "one vector per token: the GGUF has no pooling type and the server no option for one, so OpenAI "
+                "clients would not get an embedding; the forward pass is the same work")
+            lines += [f"llama.cpp's server (llama-cpp-python) on {Path(peer['gguf']).name}, {peer['threads']} threads, "
+                      f"one input per request; it answers {shape}.", ""]
             lines += _table(
                 ["length", "conc.", "ours inputs/s", "llama.cpp inputs/s", "ours p50 ms", "llama.cpp p50 ms",
                  "ours / llama.cpp"],

@@ -103,9 +103,14 @@ def test_peers_report_sets_each_peer_beside_the_service():
                               "chroma": {"docs_per_s": 1500.0}, "ratio": {"throughput": 2.0}},
                              {"workload": "search", "filter": "bucket=3 (10%)", "concurrency": 16,
                               "ours": search(400.0, 0.99), "chroma": search(100.0, 0.95), "ratio": {"qps": 4.0}}]},
-        "llama.cpp": {"status": "skipped", "reason": "not installed (pip install 'llama-cpp-python[server]')"},
+        "llama.cpp": {"status": "ok", "gguf": "/cache/gemma.gguf", "threads": 2, "pooled": False,
+                      "cases": [{"length": "short", "concurrency": 16, "ours": {"inputs_per_s": 30.0, "p50_ms": 500.0},
+                                 "llama.cpp": {"inputs_per_s": 6.0, "p50_ms": 2800.0}, "ratio": {"throughput": 5.0}}]},
     }}
     report = "\n".join(_peers_md(suite))
     assert "| upsert, batch 1000 |  |  | 3,000 docs/s | 1,500 docs/s |" in report
     assert "| search | bucket=3 (10%) | 16 | 400 QPS | 100 QPS | 2.50 | 10.0 | 0.990 | 0.950 | 400% |" in report
-    assert "- llama.cpp: skipped: not installed" in report
+    assert "| short | 16 | 30.0 | 6.00 | 500 | 2,800 | 500% |" in report
+    assert "gemma.gguf, 2 threads" in report and "one vector per token" in report
+    skipped = {"peers": {"llama.cpp": {"status": "skipped", "reason": "not installed (pip install 'llama-cpp-python[server]')"}}}
+    assert _peers_md(skipped)[0] == "- llama.cpp: skipped: not installed (pip install 'llama-cpp-python[server]')"
