@@ -59,7 +59,8 @@ def chroma(ctx: Context) -> dict:
     truths = {False: ground_truth(vs, None), True: ground_truth(vs, allowed)}
     port = free_port()
     target = Target(f"http://127.0.0.1:{port}", "unused")
-    argv = [str(Path(sys.executable).with_name("chroma")), "run", "--path", str(ctx.work_dir / "chroma"),
+    beside = Path(sys.executable).with_name("chroma")  # the venv's, else the one on PATH
+    argv = [str(beside) if beside.exists() else "chroma", "run", "--path", str(ctx.work_dir / "chroma"),
             "--host", "127.0.0.1", "--port", str(port)]
     with peer_server(argv, target.url + "/api/v2/heartbeat", ctx.work_dir / "chroma.log"), \
             httpx.Client(base_url=target.url + CHROMA_DB, timeout=900) as http:
