@@ -6,6 +6,7 @@ than k results, and for ``search(..., exact=True)``.
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import numpy as np
@@ -13,6 +14,10 @@ import numpy as np
 _MAX_SCORE_ELEMS = 1 << 24  # queries x candidates score block (64 MiB of float32)
 _MAX_GATHER_ELEMS = 1 << 23  # candidates x dimension gathered at once (32 MiB of float32)
 _PAD_TIE = np.iinfo(np.int64).max
+# numpy's BLAS spreads each product over every core, and products called from several threads at once
+# thrash: a 1x640 by 640x10k product took 12 ms per call from 8 threads against 0.75 ms alone (2
+# cores). Searches run in worker threads, so their products take turns; each still uses every core.
+_BLAS_TURN = threading.Lock()
 
 
 def select_topk(keys: np.ndarray, tiebreak: np.ndarray, k: int) -> np.ndarray:
@@ -65,7 +70,8 @@ def exact_knn(
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
         x = np.ascontiguousarray(fetch(a, b), dtype=np.float32)
-        dots = q @ x.T
+        with _BLAS_TURN:
+            dots = q @ x.T
         if inner_product:
             key = -dots
         else:

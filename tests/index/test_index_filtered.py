@@ -163,3 +163,19 @@ def test_a_prepared_set_keeps_its_gathered_vectors_until_the_index_changes(rng, 
     big = vi.prepare_allowed(ids[sel])
     assert_topk_equal(*vi.search(q, 10, big), *reference_knn(ids[sel], moved, q, 10, "cosine"))
     assert big.gathered() is None
+
+
+def test_exact_searches_from_many_threads_answer_like_one(rng):
+    """Filtered exact searches run in worker threads and take turns at the BLAS product: concurrent
+    callers get exactly what sequential ones get."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    vi, ids, x = _index(rng, "HNSW32", "cosine")
+    prepared = vi.prepare_allowed(ids[::5])
+    queries = rng.standard_normal((64, D)).astype(np.float32)
+    alone = [vi.search(q, 10, prepared) for q in queries]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda q: vi.search(q, 10, prepared), queries))
+    for (s1, i1), (s2, i2) in zip(alone, together):
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_array_equal(s1, s2)
