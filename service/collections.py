@@ -384,19 +384,23 @@ class CollectionsService:
                                 for i, v in enumerate(raw)])
         where = self._where(request.filter) if request.filter is not None else None
         include = set(request.include)
-        async with live.lock.read():
-            allowed = None
-            if where is not None:
-                allowed = await asyncio.to_thread(self._allowed, live, filter_key(request.filter), where)
-            scores, seqs = await asyncio.to_thread(live.index.search, queries, request.top_k, allowed)
-            wanted = sorted({int(s) for s in seqs.ravel() if s >= 0})
-            found = await asyncio.to_thread(self.store.by_seqs, row.id, wanted)
+        key = filter_key(request.filter) if where is not None else None
+        async with live.lock.read():  # one worker-thread hop for the filter, the index and the SQL fetch
+            scores, seqs, found = await asyncio.to_thread(self._nearest, live, queries, request.top_k, key, where)
         lists = [self._hits(row, score_row, seq_row, found, include, request.min_score)
                  for score_row, seq_row in zip(scores, seqs)]
         usage_struct = Usage(prompt_tokens=usage, total_tokens=usage)
         if kind in ("query", "vector"):
             return SearchResponse(data=lists[0], usage=usage_struct)
         return BatchSearchResponse(data=lists, usage=usage_struct)
+
+    def _nearest(self, live: LiveCollection, queries: np.ndarray, top_k: int, key: bytes | None,
+                 where: ColumnElement[bool] | None) -> tuple[np.ndarray, np.ndarray, dict[int, StoredDocument]]:
+        """The index's top_k (among the filter's documents, if any) and the stored documents they name."""
+        allowed = self._allowed(live, key, where) if where is not None else None
+        scores, seqs = live.index.search(queries, top_k, allowed)
+        wanted = sorted({int(s) for s in seqs.ravel() if s >= 0})
+        return scores, seqs, self.store.by_seqs(live.row.id, wanted)
 
     def _allowed(self, live: LiveCollection, key: bytes, where: ColumnElement[bool]) -> AllowedSet:
         """The documents a filter allows, prepared for the index; both kept for the next search with it."""
