@@ -59,15 +59,17 @@ class FilterCache:
             cached = self._answers.get(key)
             if cached is not None and cached[0] < self._horizon:
                 cached = None  # its removals have left the log
-            removed = [seqs for at, seqs in self._removals if cached is not None and at > cached[0]]
+            if cached is None:
+                self.misses += 1
+            elif cached[0] == position:
+                self.hits += 1
+                return cached[1]
+            else:
+                self.updates += 1
+                removed = [seqs for at, seqs in self._removals if at > cached[0]]
         if cached is None:
-            self.misses += 1
             seqs = np.unique(matching(None))
-        elif cached[0] == position:
-            self.hits += 1
-            return cached[1]
         else:
-            self.updates += 1
             seqs = cached[1]
             if removed:
                 seqs = seqs[~np.isin(seqs, np.concatenate(removed))]

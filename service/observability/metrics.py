@@ -4,8 +4,8 @@
 feeds it only the HTTP series (a dict update and a bisect per request, from
 :class:`~service.observability.middleware.RequestObserver`); everything else is read at scrape time
 from objects that already keep it: each model's batcher (``stats``, ``pending``), each collection's
-index size and filter cache counters. The event loop is the only writer and reader, so no locks are
-needed.
+index size and filter cache counters. The event loop is the only writer and reader of the registry's
+own series, so it needs no locks.
 
 Nothing here names a tenant or a collection: routes are templates (``/v1/collections/{name}/search``)
 and collections are labelled by their numeric id, so ``/metrics`` can be served without a key.
