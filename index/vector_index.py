@@ -258,8 +258,7 @@ class VectorIndex:
         present = self._ids.present(ids)
         if not present.all():
             raise KeyError(f"ids not in the index: {ids[~present][:10].tolist()}")
-        store = self._main if self._side is None else self._side
-        return self._reconstruct(store, self._ids.labels(ids))
+        return self._gather(self._ids.labels(ids))
 
     @property
     def is_trained(self) -> bool:
@@ -582,11 +581,10 @@ class VectorIndex:
         if cand is None:
             cand = self._ids.live_labels_and_ids()
         labels, ext = cand
-        store = self._main if self._side is None else self._side
         held = prepared.gathered() if prepared is not None else None
         dist, pos = exact_knn(
             q,
-            (lambda a, b: held[a:b]) if held is not None else (lambda a, b: self._reconstruct(store, labels[a:b])),
+            (lambda a, b: held[a:b]) if held is not None else (lambda a, b: self._gather(labels[a:b])),
             labels.size,
             self.dimension,
             k,
@@ -656,6 +654,10 @@ class VectorIndex:
             self._gpu_dirty = True
 
     # ------------------------------------------------------------------ helpers
+    def _gather(self, labels: np.ndarray) -> np.ndarray:
+        """Vectors of ``labels`` from the index that holds them now (the side index until training)."""
+        return self._reconstruct(self._main if self._side is None else self._side, labels)
+
     def _reconstruct(self, store, labels: np.ndarray) -> np.ndarray:
         if labels.size == 0:
             return np.empty((0, self.dimension), dtype=np.float32)
@@ -822,8 +824,7 @@ class AllowedSet:
         would take more than GATHERED_MAX_BYTES (the caller then gathers them chunk by chunk)."""
         held = self._gathered
         if held is None and self.labels.size * self.index.dimension * 4 <= GATHERED_MAX_BYTES:
-            index = self.index
-            held = index._reconstruct(index._main if index._side is None else index._side, self.labels)
+            held = self.index._gather(self.labels)
             self._gathered = held  # searches may race here: each gathers, one is kept
         return held
 
