@@ -10,3 +10,6 @@ absolute numbers.
 # The server's package sets process-wide runtime options before torch and FAISS load (OpenMP's wait
 # policy); import it first so that the in-process baselines run under the same settings.
 import service  # noqa: E402,F401
+
+# The search suite's FAISS index types unless --indexes says otherwise ("IVF": sized for the collection).
+DEFAULT_INDEXES = ("Flat", "HNSW32", "IVF")

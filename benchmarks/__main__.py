@@ -14,6 +14,8 @@ import time
 import traceback
 from pathlib import Path
 
+from benchmarks import DEFAULT_INDEXES
+
 SUITES = ["embeddings", "upsert", "search", "peers"]
 DEFAULT_MODELS_DIR = Path.home() / ".cache" / "embedsearch-tests" / "models"
 
@@ -33,9 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models-dir", type=Path, default=Path(os.environ.get("EMBEDSEARCH_MODELS_DIR", DEFAULT_MODELS_DIR)),
                    help=f"cache of converted checkpoints (default {DEFAULT_MODELS_DIR})")
     p.add_argument("--sizes", help="collection sizes, comma-separated (default 100000,1000000; --quick 10000)")
-    p.add_argument("--indexes", default="Flat,HNSW32,IVF",
+    p.add_argument("--indexes", default=",".join(DEFAULT_INDEXES),
                    help="search suite: FAISS index types, comma-separated (IVF = IVF sized for the collection; "
-                        "default Flat,HNSW32,IVF)")
+                        f"default {','.join(DEFAULT_INDEXES)})")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (server and baseline)")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (server and baseline)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -97,7 +99,7 @@ def notes(args: argparse.Namespace, profile) -> list[str]:
                    "100k and 1M; few requests per case, so p99 is close to the maximum.")
     elif 1_000_000 not in profile.sizes:
         out.append(f"Collections of {sizes} vectors only (--sizes); the 1M-vector search was not run.")
-    if profile.indexes != ["Flat", "HNSW32", "IVF"]:
+    if profile.indexes != list(DEFAULT_INDEXES):
         out.append(f"Search index types: {', '.join(profile.indexes)} only (--indexes).")
     try:
         import faiss

@@ -12,6 +12,7 @@ import msgspec
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks import DEFAULT_INDEXES
 from benchmarks.baseline import BaselineCollection
 from benchmarks.data import VectorSet, clustered_vectors
 from benchmarks.load import check
@@ -42,7 +43,7 @@ class Profile:
 
     @classmethod
     def make(cls, quick: bool, sizes: list[int] | None, gpu: bool,
-             indexes: tuple[str, ...] = ("Flat", "HNSW32", "IVF")) -> "Profile":
+             indexes: tuple[str, ...] = DEFAULT_INDEXES) -> "Profile":
         if quick:
             return cls(
                 quick=True, lengths=["short"], concurrency=[1, 16], min_requests=6, rounds=2,
