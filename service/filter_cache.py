@@ -63,6 +63,7 @@ class FilterCache:
                 self.misses += 1
             elif cached[0] == position:
                 self.hits += 1
+                self._answers.move_to_end(key)  # most recently used last: the first to go is the least used
                 return cached[1]
             else:
                 self.updates += 1

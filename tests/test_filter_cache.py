@@ -78,3 +78,17 @@ def test_memory_is_bounded_by_filters_and_seqs():
     big.write([0, 0, 0], [])
     big.allowed(0), big.allowed(0)
     assert big.sql_calls == [None, None]  # too big to keep
+
+
+def test_a_filter_in_use_is_kept_before_ones_used_less_recently():
+    c = Collection({"max_filters": 2})
+    c.write([1, 2, 3], [])
+    c.allowed(1)
+    c.allowed(2)
+    c.allowed(1)  # a hit: filter 1 is now the most recently used
+    c.allowed(3)  # one too many: filter 2, the least recently used, goes
+    calls = len(c.sql_calls)
+    c.allowed(1)
+    assert len(c.sql_calls) == calls  # still cached
+    c.allowed(2)
+    assert c.sql_calls[calls:] == [None]  # evaluated again
