@@ -1,22 +1,43 @@
-# `make serve` and `make test` work on a bare machine: they create the virtualenv and install first.
+# `make serve` and `make test` work on a bare machine: they create the virtualenv and install first,
+# exactly the versions in requirements.lock (hashes checked), then this checkout in editable mode.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of torch (on this machine's disk); GPU machines can set TORCH=torch to get a CUDA build.
-TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 PYTEST_ARGS ?=
+# pip-compile's options: the lock holds runtime, test and bench dependencies, with hashes.
+LOCK_OPTIONS := --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+	--extra test --extra bench --constraint lock-constraints.txt
 
-.PHONY: install serve test bench clean
+.PHONY: install install-gpu serve test test-fast bench lock lock-check clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m pip install -q --require-hashes -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# A CUDA machine: the locked set, then a CUDA build of the same torch and FAISS's GPU wheel (not locked).
+install-gpu: $(STAMP)
+	$(eval TORCH_VERSION := $(shell $(PY) -c 'import torch; print(torch.__version__.split("+")[0])'))
+	$(PY) -m pip install -q --force-reinstall --no-deps "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"  # the CUDA libraries it needs
+	$(PY) -m pip uninstall -q -y faiss-cpu
+	$(PY) -m pip install -q -e ".[gpu]"
+
+# Re-resolve requirements.lock from pyproject.toml, keeping today's pins where they still fit;
+# `make lock UPGRADE=1` takes the newest releases instead.
+lock:
+	test -x .lockenv/bin/pip-compile || ($(PYTHON) -m venv .lockenv && .lockenv/bin/pip install -q pip-tools)
+	.lockenv/bin/pip-compile -q $(LOCK_OPTIONS) $(if $(UPGRADE),--upgrade) -o $(LOCK) pyproject.toml
+
+# Fails when pyproject.toml asks for something requirements.lock does not pin (run by CI).
+lock-check: $(STAMP)
+	$(PY) .ci/check_lock.py pyproject.toml $(LOCK)
 
 serve: $(STAMP)
 	$(PY) -m service migrate
@@ -25,8 +46,12 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The unit tier: no app, no server, no real checkpoint; well under a minute.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m unit $(PYTEST_ARGS)
+
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) data bench-results
+	rm -rf $(VENV) .lockenv data bench-results dist

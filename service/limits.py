@@ -12,7 +12,7 @@ document (about 36 levels of the body) and a filter 32 levels of ``$and``/``$or`
 object and a list: about 66 levels).
 
 When decoding fails, two causes get a clearer 400 than the decoder's: bytes that are not UTF-8
-(msgspec raises UnicodeDecodeError, which would be a 500) and unpaired UTF-16 surrogate escapes
+(checked explicitly, since decoders differ in what they raise for them) and unpaired UTF-16 surrogate escapes
 such as ``"\\ud800"`` (named by their path, e.g. ``documents[0].text``).
 """
 
@@ -82,11 +82,21 @@ class LimitedRequest(Request):
         check_json_depth(body)
         try:
             return await super().json()
-        except UnicodeDecodeError:  # msgspec lets this one through; it is the client's bytes, not a bug
-            raise InvalidRequest("The request body is not valid UTF-8.", code="invalid_encoding") from None
-        except SerializationException:
+        except (UnicodeDecodeError, SerializationException):
+            # Which of the two a decoder raises for bytes that are not UTF-8 differs between msgspec
+            # releases (0.23 reports "Invalid UTF-8" as a DecodeError): ask the bytes themselves.
+            check_utf8(body)
             explain_unpaired_surrogate(body)  # a clearer 400, naming the field, when that is the problem
             raise
+
+
+def check_utf8(body: bytes) -> None:
+    """Raise a 400 ``invalid_encoding`` unless ``body`` is UTF-8 (called only once decoding failed)."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid UTF-8 (byte {exc.start}).",
+                             code="invalid_encoding") from None
 
 
 def explain_unpaired_surrogate(body: bytes) -> None:

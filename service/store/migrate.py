@@ -1,19 +1,21 @@
-"""Schema upgrades through Alembic, the only way the schema is created or changed."""
+"""Schema upgrades through Alembic, the only way the schema is created or changed.
+
+The scripts and their ``alembic.ini`` are the package ``service.migrations`` (the source tree's
+``migrations/`` folder, mapped into the package by pyproject.toml), found through the import system:
+the same in a checkout, an editable install and an installed wheel.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib import resources
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
-
 
 def alembic_config(engine: Engine | None = None) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config = Config(str(resources.files("service.migrations") / "alembic.ini"))
     if engine is not None:
         config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
     return config
