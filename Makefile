@@ -23,9 +23,9 @@ $(STAMP): pyproject.toml $(LOCK)
 
 # A CUDA machine: the locked set, then a CUDA build of the same torch and FAISS's GPU wheel (not locked).
 install-gpu: $(STAMP)
-	$(eval TORCH_VERSION := $(shell $(PY) -c 'import torch; print(torch.__version__.split("+")[0])'))
-	$(PY) -m pip install -q --force-reinstall --no-deps "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"  # the CUDA libraries it needs
+	v=$$($(PY) -c 'import torch; print(torch.__version__.split("+")[0])') && \
+	$(PY) -m pip install -q --force-reinstall --no-deps "torch==$$v" && \
+	$(PY) -m pip install -q "torch==$$v"  # the CUDA libraries it needs
 	$(PY) -m pip uninstall -q -y faiss-cpu
 	$(PY) -m pip install -q -e ".[gpu]"
 
@@ -48,7 +48,7 @@ test: $(STAMP)
 
 # The unit tier: no app, no server, no real checkpoint; well under a minute.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m unit $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not integration and not system" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -15,6 +15,14 @@ from tests.tiny_model import save_tiny_gemma
 
 API_KEY = "test-admin-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+TIERS = ("unit", "integration", "system")  # see pyproject.toml's markers
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a test that carries no tier: the fast subset (`make test-fast`) must not guess."""
+    untiered = [item.nodeid for item in items if not any(item.iter_markers(name) for name in TIERS)]
+    if untiered:
+        raise pytest.UsageError(f"tests without a tier marker ({', '.join(TIERS)}): {', '.join(untiered[:10])}")
 
 
 @pytest.fixture(scope="session")

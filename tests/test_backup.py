@@ -6,8 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.server import ROOT
+
+pytestmark = pytest.mark.integration
 
 
 def cli(settings, *args: str) -> subprocess.CompletedProcess:

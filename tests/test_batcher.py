@@ -17,6 +17,8 @@ from service.encoder.registry import Registry
 from service.errors import Unavailable
 from tests.tiny_model import WORDS
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def encoder(models_file: Path) -> Encoder:
@@ -131,6 +133,7 @@ async def test_out_of_memory_splits_the_batch():
     np.testing.assert_array_equal(result[:, 0], np.arange(1, 8))
 
 
+@pytest.mark.integration
 async def test_http_overload_is_503_with_retry_after(settings, models_file):
     import msgspec
 

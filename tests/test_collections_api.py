@@ -9,6 +9,8 @@ import pytest
 
 from tests.test_embeddings_api import assert_error
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def client(db_client):

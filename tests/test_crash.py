@@ -13,6 +13,8 @@ import pytest
 from tests.conftest import API_KEY
 from tests.server import ServerProcess
 
+pytestmark = pytest.mark.system
+
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 DIM = 16
 

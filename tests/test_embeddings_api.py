@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import AUTH
 
+pytestmark = pytest.mark.integration
+
 
 def vectors(response) -> np.ndarray:
     body = response.json()

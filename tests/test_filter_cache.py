@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from service.filter_cache import FilterCache, filter_key
+
+pytestmark = pytest.mark.unit
 
 
 class Collection:

@@ -49,6 +49,8 @@ from schemathesis.specs.openapi.checks import (
 from service.settings import Settings
 from tests.conftest import API_KEY, AUTH
 
+pytestmark = pytest.mark.system
+
 # Per operation and per mode (positive, negative), and the time for all operations together (each
 # (operation, mode) gets an equal share). EMBEDSEARCH_FUZZ_EXAMPLES / _SECONDS raise them for a deeper
 # run; EMBEDSEARCH_FUZZ_RANDOM=1 draws new cases instead of the fixed, derandomized ones.

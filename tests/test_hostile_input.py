@@ -19,6 +19,8 @@ import pytest
 
 from tests.test_embeddings_api import assert_error
 
+pytestmark = pytest.mark.integration
+
 JSON = {"content-type": "application/json"}
 
 # Strings that must come back exactly as sent (keys are only labels).

@@ -11,6 +11,8 @@ from service.encoder.hub import ModelHub
 from service.encoder.registry import ModelSpec, Registry
 from service.errors import ModelNotFound, Unavailable
 
+pytestmark = pytest.mark.unit
+
 
 async def test_loading_then_ready_and_a_broken_model_is_an_error(settings, models_file, tmp_path):
     entries = json.loads(models_file.read_text())["models"]

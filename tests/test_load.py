@@ -17,6 +17,8 @@ from index import VectorIndex
 from tests.conftest import API_KEY
 from tests.server import ServerProcess
 
+pytestmark = pytest.mark.system
+
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CLIENTS = 32
 DURATION = 60.0

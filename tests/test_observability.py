@@ -21,6 +21,8 @@ from service.observability.metrics import Metrics, _BatchSizes
 from tests.conftest import API_KEY
 from tests.server import ServerProcess
 
+pytestmark = pytest.mark.unit
+
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)')
 
@@ -106,6 +108,7 @@ async def scrape(client):
 # -- /metrics --------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_metrics_count_routes_by_template_and_expose_no_tenant_data(client):
     tokens = 0
     for texts in (["the quick brown fox"], ["red apple", "blue sky", "hello"]):
@@ -171,6 +174,7 @@ async def test_metrics_count_routes_by_template_and_expose_no_tenant_data(client
     assert value(again, "embedsearch_http_requests_total", method="GET", route="/metrics", status=200) == 1
 
 
+@pytest.mark.integration
 async def test_metrics_need_no_key_but_a_wrong_key_does_not_break_them(client):
     with without_key(client):
         assert (await client.get("/metrics")).status_code == 200
@@ -225,6 +229,7 @@ def test_prometheus_text_escapes_label_values_and_never_mints_methods():
 # -- request ids ------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_request_id_is_generated_or_echoed_on_every_response(client):
     a = await client.get("/v1/models")
     b = await client.get("/v1/models")
@@ -246,6 +251,7 @@ async def test_request_id_is_generated_or_echoed_on_every_response(client):
     assert all(len(r.headers.get_list("x-request-id")) == 1 for r in responses)
 
 
+@pytest.mark.integration
 async def test_request_id_from_the_client_is_sanitised_and_bounded(client):
     dirty = await client.get("/v1/models", headers={"X-Request-ID": 'abc def"<script>;\t'})
     assert dirty.headers["x-request-id"] == "abcdefscript"
@@ -260,6 +266,7 @@ async def test_request_id_from_the_client_is_sanitised_and_bounded(client):
 # -- access log --------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_access_log_line_has_request_id_method_path_status_and_duration(client, caplog):
     with caplog.at_level(logging.INFO, logger="service.access"):
         response = await client.post("/v1/embeddings", json={"model": "tiny", "input": "hello"},
@@ -325,6 +332,7 @@ def test_log_format_setting_is_validated():
         Settings.from_env({"EMBEDSEARCH_LOG_FORMAT": "xml"})
 
 
+@pytest.mark.system
 def test_the_real_server_writes_only_json_lines(tmp_path: Path, models_file: Path):
     """`python -m service serve` with EMBEDSEARCH_LOG_FORMAT=json: uvicorn's lines, ours and the access log."""
     server = ServerProcess(tmp_path / "data", {
@@ -353,6 +361,7 @@ def test_the_real_server_writes_only_json_lines(tmp_path: Path, models_file: Pat
 # -- /ready ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_ready_when_models_loaded_and_database_answers(client):
     with without_key(client):
         response = await client.get("/ready")
@@ -361,6 +370,7 @@ async def test_ready_when_models_loaded_and_database_answers(client):
                                                              "tiny-dense": "ready"}, "database": "ok"}
 
 
+@pytest.mark.integration
 async def test_not_ready_while_a_model_loads_or_failed(client):
     served = client.app.state.services.hub.models["tiny-last"]
     for state in ("loading", "error"):
@@ -376,6 +386,7 @@ async def test_not_ready_while_a_model_loads_or_failed(client):
     assert (await client.get("/ready")).status_code == 200
 
 
+@pytest.mark.integration
 async def test_not_ready_when_the_database_does_not_answer_but_still_alive(client, tmp_path: Path):
     services = client.app.state.services
     good = services.engine

@@ -14,6 +14,8 @@ from service.store.keys import Principal
 from tests.conftest import AUTH, wait_ready
 from tests.test_embeddings_api import assert_error
 
+pytestmark = pytest.mark.unit
+
 ALICE = Principal(tenant="acme", admin=False, key_id=1)
 BOB = Principal(tenant="acme", admin=False, key_id=2)
 
@@ -111,6 +113,7 @@ async def limited(settings: Settings):
         yield client
 
 
+@pytest.mark.integration
 async def test_over_the_limit_is_429_with_retry_after_in_openais_shape(limited):
     for _ in range(2):
         assert (await limited.get("/v1/models", headers=AUTH)).status_code == 200
@@ -145,6 +148,7 @@ async def test_over_the_limit_is_429_with_retry_after_in_openais_shape(limited):
     assert 'embedsearch_http_requests_total{method="GET",route="/v1/models",status="429"} 1' in text
 
 
+@pytest.mark.integration
 async def test_no_limit_by_default(client):
     for _ in range(30):
         assert (await client.get("/v1/models")).status_code == 200

@@ -11,7 +11,7 @@ from service.encoder.loader import CONVERTED_MARK, load
 from service.encoder.registry import Registry
 from tests.conftest import real_model_cache
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 # gemma3:270m is a base language model, not an embedding model: mean pooling separates these
 # paraphrases from unrelated sentences with a margin of about 0.03-0.1 (EmbeddingGemma does better).

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
 
 N, D, NQ, K = 20_000, 64, 50, 10
 

@@ -6,6 +6,8 @@ import pytest
 from index import METRICS, VectorIndex
 from _index_helpers import assert_topk_equal, reference_knn
 
+pytestmark = pytest.mark.unit
+
 D = 24
 
 

@@ -8,6 +8,8 @@ import index.gpu as gpu_mod
 from index import VectorIndex, build, build_from_chunks
 from _index_helpers import assert_topk_equal, reference_knn
 
+pytestmark = pytest.mark.unit
+
 D = 16
 
 

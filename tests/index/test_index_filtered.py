@@ -7,6 +7,8 @@ import pytest
 from index import VectorIndex
 from _index_helpers import assert_topk_equal, recall_at_k, reference_knn
 
+pytestmark = pytest.mark.unit
+
 D = 16
 LOSSLESS = ["Flat", "HNSW32", "IVF16,Flat"]
 

@@ -9,6 +9,8 @@ import pytest
 from index import CorruptIndexError, VectorIndex
 from index import persistence
 
+pytestmark = pytest.mark.unit
+
 D = 16
 
 

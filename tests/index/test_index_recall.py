@@ -10,6 +10,8 @@ import faiss
 from index import VectorIndex, build
 from _index_helpers import clustered
 
+pytestmark = pytest.mark.unit
+
 N, D, NQ, K = 20_000, 64, 200, 10
 
 

@@ -8,6 +8,8 @@ import pytest
 from index import VectorIndex
 from _index_helpers import assert_topk_equal, clustered, recall_at_k, reference_knn
 
+pytestmark = pytest.mark.unit
+
 D = 16
 
 

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 from service.store.db import make_engine  # noqa: E402
 from service.store.tables import metadata  # noqa: E402
 
-BACKENDS = ["sqlite", "postgresql"]
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]  # a server: not unit
 
 
 # `postgres_url` (the session's PostgreSQL server) is defined in tests/conftest.py, for every test directory.

@@ -21,6 +21,8 @@ import pytest
 from tests.conftest import AUTH, wait_ready
 from tests.postgres import PostgresUnavailable, own_postgres
 
+pytestmark = pytest.mark.system
+
 
 def assert_unavailable(response) -> None:
     assert response.status_code == 503, response.text

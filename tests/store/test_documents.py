@@ -9,6 +9,8 @@ from sqlalchemy import true
 from service.store.documents import DocumentStore, DuplicateCollection, NewDocument
 from service.store.tables import documents
 
+pytestmark = pytest.mark.unit
+
 
 def doc(doc_id: str, value: float, **meta) -> NewDocument:
     return NewDocument(id=doc_id, text=f"text {doc_id}", metadata=meta, vector=np.full(3, value, dtype=np.float32))

@@ -24,6 +24,8 @@ from service.store.filters import (
 )
 from service.store.tables import collections, documents
 
+pytestmark = pytest.mark.unit
+
 # --- reference semantics --------------------------------------------------------------------
 
 MISSING = object()

@@ -10,6 +10,8 @@ from sqlalchemy import inspect
 from service.store import migrate
 from service.store.tables import metadata
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def empty_engine(engine):
