@@ -1,6 +1,6 @@
 """Everything that depends on the *structure* of a FAISS index built from a factory string.
 
-* :func:`create` builds the index (invalid strings -> ValueError),
+* :func:`create` builds the index (invalid or out-of-bounds strings -> ValueError, see factory.py),
 * :func:`describe` finds the parts we tune (HNSW graph, IVF lists) and decides how ids and deletes are
   handled (:class:`Layout`),
 * :func:`min_training_size` says how many vectors the index needs before it can be trained,
@@ -23,11 +23,16 @@ Id handling ("mode"):
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 
 import faiss
 import numpy as np
+
+from . import factory as factory_bounds
+
+log = logging.getLogger("index")
 
 METRIC_TYPES = {"cosine": faiss.METRIC_INNER_PRODUCT, "dot": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
@@ -49,12 +54,17 @@ def faiss_message(exc: BaseException) -> str:
 
 
 def create(dimension: int, metric: str, factory: str) -> faiss.Index:
+    """Build ``factory`` (invalid or out-of-bounds strings -> ValueError). Parameters are bounded first
+    (index/factory.py): FAISS would allocate whatever they ask for, and its C++ error text (``stoi``,
+    source paths) is no message for a caller, so it only goes to the debug log."""
+    factory_bounds.check(factory, dimension)
     try:
         index = faiss.index_factory(dimension, factory, METRIC_TYPES[metric])
     except RuntimeError as exc:
-        raise ValueError(
-            f"invalid FAISS factory string {factory!r} for dimension {dimension}: {faiss_message(exc)}"
-        ) from None
+        log.debug("faiss.index_factory(%d, %r) failed: %s", dimension, factory, exc)
+        raise ValueError(factory_bounds.not_accepted(factory, dimension)) from None
+    if index.metric_type != METRIC_TYPES[metric]:  # e.g. HNSW32_PQ16 is built for L2 only
+        raise ValueError(f"factory {factory!r}: FAISS builds this index type for the l2 metric only, not {metric}")
     # index_factory already returns the most derived (owning) wrapper; never downcast_index an owning
     # object and drop it: downcast_index returns a non-owning view of the same C++ object.
     disable_polysemous_training(index)

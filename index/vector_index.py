@@ -89,7 +89,8 @@ class VectorIndex:
             is better), ``"dot"`` (inner product, higher is better) or ``"l2"`` (score = Euclidean
             distance, not squared, lower is better).
         factory: a FAISS ``index_factory`` string ("Flat", "HNSW32", "IVF1024,Flat", "IVF256,PQ16",
-            "IVF64,SQ8", ...). Invalid or dimension-incompatible strings raise ValueError.
+            "IVF64,SQ8", ...). Invalid or dimension-incompatible strings, and parameters outside the
+            bounds of index/factory.py (HNSW M, IVF nlist, PQ nbits, ...), raise ValueError.
         use_gpu: None = use a GPU clone for searches when faiss sees a GPU and the type supports it
             (Flat, IVF-Flat/PQ/SQ); True = require it (ValueError if impossible); False = never.
         ef_search, ef_construction: HNSW parameters (defaults 128 / 128).

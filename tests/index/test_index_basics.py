@@ -139,8 +139,8 @@ def test_invalid_inputs_raise_value_error(call, match):
 @pytest.mark.parametrize(
     "args,match",
     [
-        ((100, "l2", "PQ16"), "multiple of the number of subquantizers"),
-        ((32, "l2", "NotAnIndex"), "could not parse"),
+        ((100, "l2", "PQ16"), "PQ M must be between 1 and 100 and divide its input dimension 100, got 16"),
+        ((32, "l2", "NotAnIndex"), "'NotAnIndex' is not a FAISS factory string accepted for dimension 32"),
         ((32, "l2", "IVF16,PQ5"), "factory"),
         ((32, "l2", ""), "non-empty"),
         ((32, "l2", "IDMap,Flat"), "IDMap"),
