@@ -17,8 +17,10 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 from sqlalchemy import Engine
 
 from service.api.collections import CollectionsController, principal
+from service.api.disconnect import CancelOnDisconnect
 from service.api.embeddings import EmbeddingsController
 from service.api.models import ModelsController, health
+from service.api.paths import WholeDocumentIds
 from service.auth import Authenticator, BearerAuthMiddleware
 from service.collections import CollectionsService
 from service.embeddings import EmbeddingsService
@@ -34,7 +36,7 @@ from service.settings import Settings
 from service.store import migrate
 from service.store.db import make_engine
 from service.store.documents import DocumentStore
-from service.store.keys import KeyStore
+from service.store.keys import ADMIN_TENANT, KeyStore
 
 log = logging.getLogger("service")
 
@@ -53,7 +55,7 @@ def ensure_admin_key(keys: KeyStore, settings: Settings) -> str | None:
     """Never run open: with no key configured anywhere, make an admin key and show it once."""
     if settings.api_key or keys.count():
         return None
-    key = keys.create("admin", admin=True)
+    key = keys.create(ADMIN_TENANT, admin=True)
     print(
         "\n  No API key was configured, so an admin key was generated (shown only this once):\n"
         f"\n    {key}\n\n  Send it as `Authorization: Bearer <key>`. Set EMBEDSEARCH_API_KEY or run "
@@ -75,7 +77,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
         ensure_admin_key(keys, settings)
         hub = ModelHub(settings, registry)
         hub.start()
-        embeddings = EmbeddingsService(hub, max_inputs=settings.max_inputs, truncate=settings.truncate)
+        embeddings = EmbeddingsService(hub, max_inputs=settings.max_inputs,
+                                       max_request_tokens=settings.max_request_tokens, truncate=settings.truncate)
         collections = CollectionsService(DocumentStore(engine), embeddings, settings.data_dir, engine.dialect.name)
         await collections.start()
         snapshots = asyncio.get_running_loop().create_task(collections.run_snapshots(settings.snapshot_seconds))
@@ -105,7 +108,9 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
             "collections": provide("collections"),
             "principal": Provide(principal, sync_to_thread=False),
         },
-        middleware=[DefineMiddleware(BearerAuthMiddleware, exclude=["^/docs"])],
+        # Outermost first: a handler whose client went away stops waiting (for the encoder, say).
+        middleware=[DefineMiddleware(CancelOnDisconnect),
+                    DefineMiddleware(BearerAuthMiddleware, exclude=["^/docs"])],
         guards=[limiter.guard] if limiter is not None else [],  # guards run after the auth middleware
         exception_handlers=exception_handlers,
         logging_config=None,  # logging is set up by the CLI (service.observability.logging), not replaced here
@@ -120,4 +125,5 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
             render_plugins=[ScalarRenderPlugin()],
         ),
     )
+    app.asgi_handler = WholeDocumentIds(app.asgi_handler)  # document ids with "/" reach their routes whole
     return instrument(app, Metrics())  # request ids, access log and HTTP metrics around every request

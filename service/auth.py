@@ -10,7 +10,7 @@ from litestar.connection import ASGIConnection
 from litestar.middleware.authentication import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from service.errors import AuthenticationError
-from service.store.keys import KeyStore, Principal
+from service.store.keys import ADMIN_TENANT, KeyStore, Principal
 
 
 class Authenticator:
@@ -28,7 +28,7 @@ class Authenticator:
 
     async def verify(self, key: str) -> Principal:
         if self.admin_key and secrets.compare_digest(key.encode("utf-8", "surrogatepass"), self.admin_key.encode()):
-            return Principal(tenant="admin", admin=True, key_id=None)
+            return Principal(tenant=ADMIN_TENANT, admin=True, key_id=None)
         cached = self._cache.get(key)
         now = time.monotonic()
         if cached is not None and cached[1] > now:

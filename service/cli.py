@@ -24,7 +24,11 @@ def _engine(settings: Settings):
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url)
-    migrate.upgrade(engine)
+    try:
+        migrate.upgrade(engine)
+    except migrate.MigrationLockTimeout as exc:
+        engine.dispose()
+        raise SystemExit(f"error: {exc}") from None
     return engine
 
 
@@ -62,11 +66,15 @@ def migrate_cmd(args: argparse.Namespace) -> None:
 
 
 def keys_create(args: argparse.Namespace) -> None:
-    from service.store.keys import KeyStore
+    from service.store.keys import KeyStore, ReservedTenant
 
     engine = _engine(_settings(args))
-    key = KeyStore(engine).create(args.tenant, admin=args.admin)
-    engine.dispose()
+    try:
+        key = KeyStore(engine).create(args.tenant, admin=args.admin)
+    except ReservedTenant as exc:
+        raise SystemExit(f"error: {exc}") from None
+    finally:
+        engine.dispose()
     print(f"API key for tenant {args.tenant!r} (shown once; only its hash is stored):")
     print(key)
 

@@ -21,10 +21,12 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 from sqlalchemy import ColumnElement, true
 
@@ -34,9 +36,9 @@ from service.api.schemas import (
     Collection,
     CollectionCreate,
     CollectionList,
+    Deleted,
     DeleteRequest,
     DeleteResponse,
-    Deleted,
     Document,
     DocumentIn,
     DocumentPage,
@@ -48,11 +50,17 @@ from service.api.schemas import (
     Usage,
 )
 from service.embeddings import EmbeddingsService, truncate_dimensions
-from service.errors import Conflict, InvalidRequest, NotFound
+from service.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from service.filter_cache import FilterCache, filter_key
 from service.limits import check_json_depth
 from service.rwlock import RWLock
-from service.store.documents import CollectionRow, DocumentStore, DuplicateCollection, NewDocument, StoredDocument
+from service.store.documents import (
+    CollectionRow,
+    DocumentStore,
+    DuplicateCollection,
+    NewDocument,
+    StoredDocument,
+)
 from service.store.filters import compile_filter
 from service.store.keys import Principal
 from service.store.tables import documents
@@ -63,6 +71,10 @@ NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_DOCUMENTS = 1000
 MAX_ID_LENGTH = 256
 MAX_QUERIES = 256
+MAX_SEARCH_HITS = 10_000  # queries x top_k of one search
+MAX_RESPONSE_VALUES = 1 << 21  # vector values in one response (queries x top_k x dimension with include=vector)
+MAX_METADATA_DEPTH = 32  # levels of nesting in a document's metadata, the metadata object itself the first
+MAX_RESPONSE_BYTES = 64 << 20  # stored text and metadata in one answer (a search, a page of documents)
 MAX_DIMENSION = 65536
 MAX_INDEX_LENGTH = 128
 SNAPSHOT_SPACING = 10  # a periodic snapshot that took T seconds is not repeated for SNAPSHOT_SPACING * T
@@ -92,6 +104,9 @@ class CollectionsService:
         self.index_dir = data_dir / "indexes"
         self.dialect = dialect
         self._live: dict[tuple[str, str], LiveCollection] = {}
+        # Collections that could not be opened (or whose index could not follow a committed write): every
+        # request to one is a 503 until it is deleted; the others are served. (tenant, name) -> (row, why)
+        self._failed: dict[tuple[str, str], tuple[CollectionRow, str]] = {}
         self._admin = asyncio.Lock()  # create / delete
 
     # -- start-up, snapshots, shutdown -----------------------------------------------------
@@ -125,11 +140,28 @@ class CollectionsService:
         chunks = self.store.iter_vectors(row.id, row.dimension)
         return build_from_chunks(row.dimension, row.metric, row.index_factory, chunks, total=self.store.count(row.id))
 
+    def _open_or_fail(self, row: CollectionRow) -> LiveCollection | None:
+        """``_open``, or None with the collection recorded as failed: one broken collection (say rows that
+        cannot be indexed) must not keep the server, and every other tenant, down."""
+        try:
+            live = self._open(row)
+        except Exception as exc:
+            log.exception("collection %s/%s (id %d) could not be opened; it answers 503 until it is deleted",
+                          row.tenant, row.name, row.id)
+            self._failed[(row.tenant, row.name)] = (row, f"{type(exc).__name__}: {exc}")
+            return None
+        self._live[(row.tenant, row.name)] = live
+        return live
+
+    def failed(self) -> list[int]:
+        """Ids of the collections that could not be opened (``/ready`` lists them)."""
+        return sorted(row.id for row, _ in self._failed.values())
+
     async def start(self) -> None:
         self.index_dir.mkdir(parents=True, exist_ok=True)
         rows = await asyncio.to_thread(self.store.all_collections)
         for row in rows:
-            self._live[(row.tenant, row.name)] = await asyncio.to_thread(self._open, row)
+            await asyncio.to_thread(self._open_or_fail, row)
         await self.snapshot_all()
 
     async def snapshot(self, live: LiveCollection) -> None:
@@ -164,30 +196,32 @@ class CollectionsService:
     async def _live_or_404(self, principal: Principal, name: str) -> LiveCollection:
         live = self._live.get((principal.tenant, name)) or await self._discover(principal.tenant, name)
         if live is None:
+            if (principal.tenant, name) in self._failed:
+                raise _unavailable(name)
             raise _no_collection(name)
         return live
 
     async def _discover(self, tenant: str, name: str) -> LiveCollection | None:
         """Open a collection that appeared in SQL behind the server's back (``python -m service restore``)."""
+        if (tenant, name) in self._failed:
+            return None
         row = await asyncio.to_thread(self.store.get_collection, tenant, name)
         if row is None:
             return None
         async with self._admin:
             live = self._live.get((tenant, name))
-            if live is None:
-                live = await asyncio.to_thread(self._open, row)
-                self._live[(tenant, name)] = live
+            if live is None and (tenant, name) not in self._failed:
+                live = await asyncio.to_thread(self._open_or_fail, row)
         return live
 
     async def _describe(self, live: LiveCollection) -> Collection:
-        row = live.row
         async with live.lock.read():
-            count = await asyncio.to_thread(self.store.count, row.id)
+            count = await asyncio.to_thread(self.store.count, live.row.id)
             indexed = len(live.index)
-        return Collection(
-            name=row.name, model=row.model, dimension=row.dimension, metric=row.metric, index=row.index_factory,
-            count=count, indexed=indexed, created_at=int(row.created_at.timestamp()),
-        )
+        return _collection(live.row, count, indexed)
+
+    async def _describe_failed(self, row: CollectionRow) -> Collection:
+        return _collection(row, await asyncio.to_thread(self.store.count, row.id), 0, "unavailable")
 
     async def create(self, principal: Principal, request: CollectionCreate) -> Collection:
         if not NAME.match(request.name):
@@ -212,6 +246,11 @@ class CollectionsService:
             index = VectorIndex(dimension, request.metric, request.index)
         except ValueError as exc:
             raise InvalidRequest(f"index: {exc}", param="index") from None
+        live = await _to_the_end(self._register(principal, request, dimension, index))
+        return await self._describe(live)
+
+    async def _register(self, principal: Principal, request: CollectionCreate, dimension: int,
+                        index: VectorIndex) -> LiveCollection:
         async with self._admin:
             try:
                 row = await asyncio.to_thread(
@@ -224,18 +263,35 @@ class CollectionsService:
             self._index_path(row).unlink(missing_ok=True)  # left by a crash mid-delete of an earlier collection
             live = LiveCollection(row=row, index=index, position=row.last_position, saved_position=-1)
             self._live[(row.tenant, row.name)] = live
-        return await self._describe(live)
+        return live
 
     async def list_all(self, principal: Principal) -> CollectionList:
         rows = await asyncio.to_thread(self.store.all_collections, principal.tenant)
-        mine = [self._live.get((row.tenant, row.name)) or await self._discover(row.tenant, row.name) for row in rows]
-        mine = [live for live in mine if live is not None]
-        return CollectionList(data=[await self._describe(live) for live in sorted(mine, key=lambda l: l.row.name)])
+        data = []
+        for row in sorted(rows, key=lambda r: r.name):
+            live = self._live.get((row.tenant, row.name)) or await self._discover(row.tenant, row.name)
+            if live is not None:
+                data.append(await self._describe(live))
+            elif (row.tenant, row.name) in self._failed:
+                data.append(await self._describe_failed(row))
+        return CollectionList(data=data)
 
     async def get(self, principal: Principal, name: str) -> Collection:
         return await self._describe(await self._live_or_404(principal, name))
 
     async def delete(self, principal: Principal, name: str) -> Deleted:
+        await _to_the_end(self._drop(principal, name))
+        return Deleted(id=name, object="collection")
+
+    async def _drop(self, principal: Principal, name: str) -> None:
+        failed = self._failed.get((principal.tenant, name))
+        if failed is not None:  # the way out for a collection that cannot be opened
+            async with self._admin:
+                if self._failed.get((principal.tenant, name)) is failed:
+                    await asyncio.to_thread(self.store.delete_collection, failed[0].id)
+                    del self._failed[(principal.tenant, name)]
+                    self._index_path(failed[0]).unlink(missing_ok=True)
+            return
         live = await self._live_or_404(principal, name)
         async with self._admin, live.lock.write():
             if self._live.get((principal.tenant, name)) is not live:
@@ -243,7 +299,6 @@ class CollectionsService:
             await asyncio.to_thread(self.store.delete_collection, live.row.id)
             del self._live[(principal.tenant, name)]
             self._index_path(live.row).unlink(missing_ok=True)
-        return Deleted(id=name, object="collection")
 
     # -- documents ---------------------------------------------------------------------------
     async def upsert(self, principal: Principal, name: str, request: UpsertRequest) -> UpsertResponse:
@@ -253,18 +308,28 @@ class CollectionsService:
         usage = 0
         to_embed = [i for i, d in enumerate(docs) if d.vector is None]
         if to_embed:
-            vectors, usage = await self._embed(row, [docs[i].text for i in to_embed], "document", "documents")
+            vectors, usage = await self._embed(row, [docs[i].text for i in to_embed], "document", "documents",
+                                               [f"documents[{i}].text" for i in to_embed])
             for i, vector in zip(to_embed, vectors):
                 docs[i].vector = vector
         await self._write(live, self._upsert_now, live, docs)
         return UpsertResponse(ids=[d.id for d in docs], upserted=len(docs),
                               usage=Usage(prompt_tokens=usage, total_tokens=usage))
 
-    async def _embed(self, row: CollectionRow, texts: list[str], purpose: str, param: str) -> tuple[np.ndarray, int]:
-        """Embed texts with the collection's model, cut to its dimension (Matryoshka); returns (vectors, tokens)."""
-        vectors, tokens = await self.embeddings.embed_texts(row.model, texts, purpose=purpose, param=param)
+    async def _embed(self, row: CollectionRow, texts: list[str], purpose: str, param: str,
+                     names: list[str]) -> tuple[np.ndarray, int]:
+        """Embed texts with the collection's model, cut to its dimension (Matryoshka); returns (vectors, tokens).
+
+        ``names`` name the texts in errors: a text whose vector is all zeros at this dimension cannot
+        be compared by cosine (nor be indexed), so it is refused like a zero vector sent by the client."""
+        vectors, tokens = await self.embeddings.embed_texts(row.model, texts, purpose=purpose, param=param,
+                                                            key=row.tenant)  # the encoder is shared fairly by tenant
         if row.dimension < vectors.shape[1]:
             vectors = truncate_dimensions(vectors, row.dimension)
+        if row.metric == "cosine":
+            for i in np.flatnonzero(~_normalisable(vectors)):
+                raise InvalidRequest(f"{names[i]} embeds to a vector of zeros at dimension {row.dimension}, which "
+                                     "a cosine collection cannot compare.", param=param)
         return vectors, tokens
 
     async def _write(self, live: LiveCollection, write: Any, *args: Any) -> Any:
@@ -275,12 +340,7 @@ class CollectionsService:
         async with live.lock.write():
             if self._live.get((live.row.tenant, live.row.name)) is not live:
                 raise _no_collection(live.row.name)
-            task = asyncio.ensure_future(asyncio.to_thread(write, *args))
-            try:
-                return await asyncio.shield(task)
-            except asyncio.CancelledError:
-                await task
-                raise
+            return await _to_the_end(asyncio.to_thread(write, *args))
 
     def _upsert_now(self, live: LiveCollection, docs: list[NewDocument]) -> None:
         seqs, replaced = self.store.upsert(live.row.id, docs)
@@ -301,7 +361,15 @@ class CollectionsService:
                 live.index.upsert(seqs, vectors.astype(np.float32))
         except Exception:
             log.exception("applying a committed write to the index of %s/%s failed", live.row.tenant, live.row.name)
-            live.index = self._rebuild(live.row)
+            try:
+                live.index = self._rebuild(live.row)
+            except Exception:  # the write is committed (SQL is the truth), but this index cannot serve it
+                log.exception("rebuilding the index of %s/%s failed too; it answers 503 until it is deleted",
+                              live.row.tenant, live.row.name)
+                key = (live.row.tenant, live.row.name)
+                self._failed[key] = (live.row, "its index could not follow a committed write")
+                self._live.pop(key, None)
+                return
             live.prepared.clear()  # they hold the old index
         live.filters.record(position, removed)
         live.position = position
@@ -325,6 +393,7 @@ class CollectionsService:
         docs = await asyncio.to_thread(self.store.page, live.row.id, where, after, limit + 1)
         has_more = len(docs) > limit
         docs = docs[:limit]
+        _check_response_size(docs, "limit", {"text", "metadata"})
         next_cursor = _encode_cursor(docs[-1].id) if has_more else None
         return DocumentPage(data=[_document(d, live.row.dimension, False) for d in docs], next_cursor=next_cursor,
                             has_more=has_more)
@@ -354,7 +423,8 @@ class CollectionsService:
         return await self._write(live, self._delete_now, live, where)
 
     # -- search ------------------------------------------------------------------------------
-    async def search(self, principal: Principal, name: str, request: SearchRequest) -> SearchResponse | BatchSearchResponse:
+    async def search(self, principal: Principal, name: str, request: SearchRequest) -> bytes:
+        """The JSON of a SearchResponse (one query) or a BatchSearchResponse (several)."""
         live = await self._live_or_404(principal, name)
         row = live.row
         given = [f for f in ("query", "vector", "queries", "vectors") if getattr(request, f) is not None]
@@ -376,23 +446,34 @@ class CollectionsService:
                 if not text:
                     raise InvalidRequest(f"{kind} must not be empty." if kind == "query" else f"queries[{i}] is empty.",
                                          param=kind)
-            queries, usage = await self._embed(row, texts, "query", kind)
+            _check_search_size(len(texts), request, row)
+            queries, usage = await self._embed(row, texts, "query", kind,
+                                               [kind] if kind == "query" else [f"queries[{i}]" for i in range(len(texts))])
         else:
             raw = [request.vector] if kind == "vector" else request.vectors
             _check_count(raw, kind)
-            queries = np.stack([_vector(v, row.dimension, kind if kind == "vector" else f"vectors[{i}]", kind)
+            _check_search_size(len(raw), request, row)
+            queries = np.stack([_vector(v, row, kind if kind == "vector" else f"vectors[{i}]", kind)
                                 for i, v in enumerate(raw)])
         where = self._where(request.filter) if request.filter is not None else None
-        include = set(request.include)
         key = filter_key(request.filter) if where is not None else None
-        async with live.lock.read():  # one worker-thread hop for the filter, the index and the SQL fetch
-            scores, seqs, found = await asyncio.to_thread(self._nearest, live, queries, request.top_k, key, where)
-        lists = [self._hits(row, score_row, seq_row, found, include, request.min_score)
-                 for score_row, seq_row in zip(scores, seqs)]
         usage_struct = Usage(prompt_tokens=usage, total_tokens=usage)
-        if kind in ("query", "vector"):
-            return SearchResponse(data=lists[0], usage=usage_struct)
-        return BatchSearchResponse(data=lists, usage=usage_struct)
+        async with live.lock.read():  # one worker-thread hop: filter, index, SQL fetch, the response's bytes
+            return await asyncio.to_thread(self._answer, live, queries, request, key, where,
+                                           kind in ("query", "vector"), usage_struct)
+
+    def _answer(self, live: LiveCollection, queries: np.ndarray, request: SearchRequest, key: bytes | None,
+                where: ColumnElement[bool] | None, single: bool, usage: Usage) -> bytes:
+        """The whole search in a worker thread, down to the encoded response, so that a big answer never
+        holds the event loop (its size is bounded: see _check_search_size and _check_response_size)."""
+        scores, seqs, found = self._nearest(live, queries, request.top_k, key, where)
+        include = set(request.include)
+        _check_response_size(found.values(), "top_k", include)
+        lists = [self._hits(live.row, score_row, seq_row, found, include, request.min_score)
+                 for score_row, seq_row in zip(scores, seqs)]
+        if single:
+            return msgspec.json.encode(SearchResponse(data=lists[0], usage=usage))
+        return msgspec.json.encode(BatchSearchResponse(data=lists, usage=usage))
 
     def _nearest(self, live: LiveCollection, queries: np.ndarray, top_k: int, key: bytes | None,
                  where: ColumnElement[bool] | None) -> tuple[np.ndarray, np.ndarray, dict[int, StoredDocument]]:
@@ -431,7 +512,7 @@ class CollectionsService:
                 id=doc.id,
                 score=score,
                 text=doc.text if "text" in include else None,
-                metadata=doc.metadata if "metadata" in include else None,
+                metadata=msgspec.Raw(doc.metadata_json) if "metadata" in include else None,  # as stored
                 vector=_unblob(doc.vector, row.dimension) if "vector" in include else None,
             ))
         return hits
@@ -443,8 +524,30 @@ class CollectionsService:
 # -- validation helpers (one place for every document and vector check) ---------------------
 
 
+async def _to_the_end(work: Awaitable[Any]) -> Any:
+    """Await ``work`` (a commit and the bookkeeping after it) to its end even if the caller is cancelled (a
+    client that went away): it is never stopped between the two. The cancellation is raised afterwards."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
 def _no_collection(name: str) -> NotFound:
     return NotFound(f"No collection named `{name}`.", param="name", code="collection_not_found")
+
+
+def _unavailable(name: str) -> Unavailable:
+    return Unavailable(f"Collection `{name}` could not be opened (the server log says why); it answers 503 until "
+                       "it is deleted.", retry_after=60, code="collection_unavailable")
+
+
+def _collection(row: CollectionRow, count: int, indexed: int, status: str = "ready") -> Collection:
+    return Collection(name=row.name, model=row.model, dimension=row.dimension, metric=row.metric,
+                      index=row.index_factory, count=count, indexed=indexed,
+                      created_at=int(row.created_at.timestamp()), status=status)
 
 
 def _check_count(items: list[Any], param: str) -> None:
@@ -454,15 +557,46 @@ def _check_count(items: list[Any], param: str) -> None:
         raise InvalidRequest(f"At most {MAX_QUERIES} {param} per search.", param=param)
 
 
-def _vector(values: list[float], dimension: int, where: str, param: str) -> np.ndarray:
-    if len(values) != dimension:
-        raise InvalidRequest(f"{where} has {len(values)} values; this collection's dimension is {dimension}.",
+def _vector(values: list[float], row: CollectionRow, where: str, param: str) -> np.ndarray:
+    if len(values) != row.dimension:
+        raise InvalidRequest(f"{where} has {len(values)} values; this collection's dimension is {row.dimension}.",
                              param=param)
     with np.errstate(over="ignore"):
         vector = np.asarray(values, dtype=np.float32)
     if not np.isfinite(vector).all():
         raise InvalidRequest(f"{where} contains NaN or infinite values (or values beyond float32).", param=param)
+    if row.metric == "cosine" and not _normalisable(vector[None])[0]:
+        raise InvalidRequest(f"{where} is all zeros: a cosine collection cannot compare a vector without a "
+                             "direction.", param=param)
     return vector
+
+
+def _normalisable(vectors: np.ndarray) -> np.ndarray:
+    """Which rows have a length to divide by (cosine); in float64, so tiny float32 values still count."""
+    return np.linalg.norm(vectors.astype(np.float64), axis=1) > 0
+
+
+def _check_search_size(queries: int, request: SearchRequest, row: CollectionRow) -> None:
+    """Bound the work and the answer of one search before doing any of it."""
+    if queries * request.top_k > MAX_SEARCH_HITS:
+        raise InvalidRequest(f"{queries} queries x top_k {request.top_k} asks for more than {MAX_SEARCH_HITS} hits "
+                             "in one search: lower top_k or split the queries.", param="top_k")
+    if "vector" in request.include and queries * request.top_k * row.dimension > MAX_RESPONSE_VALUES:
+        raise InvalidRequest(f"{queries} queries x top_k {request.top_k} x dimension {row.dimension} vector values "
+                             f"are more than {MAX_RESPONSE_VALUES} in one response: lower top_k, split the queries, "
+                             "or leave `vector` out of include.", param="include")
+
+
+def _check_response_size(docs: Iterable[StoredDocument], param: str, include: set[str]) -> None:
+    """Refuse an answer whose stored text and metadata alone exceed MAX_RESPONSE_BYTES (characters count as
+    bytes: a bound good enough to keep one request from taking the server's memory)."""
+    text, metadata = "text" in include, "metadata" in include
+    size = sum((len(doc.text or "") if text else 0) + (len(doc.metadata_json) if metadata else 0) for doc in docs)
+    if size > MAX_RESPONSE_BYTES:
+        raise InvalidRequest(f"The documents of this answer hold about {size >> 20} MiB of text and metadata, more "
+                             f"than the {MAX_RESPONSE_BYTES >> 20} MiB one response may carry: lower {param}"
+                             + (", or leave text and metadata out of include." if param == "top_k" else "."),
+                             param=param, code="response_too_large")
 
 
 def _check_text(value: str, where: str, param: str = "documents") -> None:
@@ -475,9 +609,10 @@ def _check_text(value: str, where: str, param: str = "documents") -> None:
         raise InvalidRequest(f"{where} contains an unpaired surrogate.", param=param) from None
 
 
-def _check_json(value: Any, where: str, depth: int = 0) -> None:
-    if depth > 32:
-        raise InvalidRequest(f"{where} is nested more than 32 levels deep.", param="documents")
+def _check_json(value: Any, where: str, depth: int = 1) -> None:
+    """``depth``: the nesting level of ``value`` (the metadata object itself is level 1)."""
+    if depth > MAX_METADATA_DEPTH and isinstance(value, (dict, list)):
+        raise InvalidRequest(f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep.", param="documents")
     if isinstance(value, str):
         _check_text(value, where)
     elif isinstance(value, float) and not math.isfinite(value):
@@ -511,7 +646,7 @@ def _validated_documents(items: list[DocumentIn], row: CollectionRow) -> list[Ne
             _check_text(item.text, f"{where}.text")
         vector = None
         if item.vector is not None:
-            vector = _vector(item.vector, row.dimension, f"{where}.vector", "documents")
+            vector = _vector(item.vector, row, f"{where}.vector", "documents")
         elif not item.text:
             raise InvalidRequest(f"{where} needs a vector or a non-empty text.", param="documents")
         elif row.model is None:
@@ -530,7 +665,7 @@ def _unblob(blob: bytes, dimension: int) -> list[float]:
 
 
 def _document(doc: StoredDocument, dimension: int, with_vector: bool) -> Document:
-    return Document(id=doc.id, text=doc.text, metadata=doc.metadata,
+    return Document(id=doc.id, text=doc.text, metadata=msgspec.Raw(doc.metadata_json),
                     vector=_unblob(doc.vector, dimension) if with_vector else None)
 
 

@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 
 from service.api.schemas import Embedding, EmbeddingRequest, EmbeddingResponse, Usage
+from service.encoder.batcher import SHARED_KEY
 from service.encoder.hub import ModelHub, ServedModel
 from service.errors import InvalidRequest
 
@@ -20,12 +21,14 @@ INLINE_TOKENIZE_CHARS = 4096
 
 
 class EmbeddingsService:
-    def __init__(self, hub: ModelHub, *, max_inputs: int, truncate: bool) -> None:
+    def __init__(self, hub: ModelHub, *, max_inputs: int, max_request_tokens: int, truncate: bool) -> None:
         self.hub = hub
         self.max_inputs = max_inputs
         self.truncate = truncate
+        self.max_request_tokens = max_request_tokens
 
-    async def create(self, request: EmbeddingRequest) -> EmbeddingResponse:
+    async def create(self, request: EmbeddingRequest, *, key: str = SHARED_KEY) -> EmbeddingResponse:
+        """Answer POST /v1/embeddings; ``key`` (the tenant) is the batcher's fairness key."""
         served = self.hub.get(request.model)
         encoder = served.encoder
         assert encoder is not None
@@ -36,7 +39,7 @@ class EmbeddingsService:
                 param="dimensions",
             )
         sequences = await self._sequences(served, request.input, request.truncate)
-        vectors = await served.batcher.embed(sequences)
+        vectors = await served.batcher.embed(sequences, key=key)
         if request.dimensions is not None and request.dimensions < encoder.dimension:
             vectors = truncate_dimensions(vectors, request.dimensions)
         if request.encoding_format == "base64":
@@ -50,15 +53,18 @@ class EmbeddingsService:
         return EmbeddingResponse(data=data, model=request.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
 
     async def embed_texts(
-        self, model: str, texts: list[str], *, purpose: Purpose | None = None, param: str = "input"
+        self, model: str, texts: list[str], *, purpose: Purpose | None = None, param: str = "input",
+        key: str = SHARED_KEY,
     ) -> tuple[np.ndarray, int]:
-        """Embed texts for search (with the model's query/document prompt); returns (vectors, tokens)."""
+        """Embed texts for search (with the model's query/document prompt); returns (vectors, tokens).
+
+        ``key`` (the tenant) is the batcher's fairness key."""
         served = self.hub.get(model)
         prompt = {"query": served.spec.query_prompt, "document": served.spec.document_prompt}.get(purpose or "", "")
         if prompt:
             texts = [prompt + text for text in texts]
         sequences = await self._sequences(served, texts, None, param=param)
-        return await served.batcher.embed(sequences), sum(len(s) for s in sequences)
+        return await served.batcher.embed(sequences, key=key), sum(len(s) for s in sequences)
 
     async def _sequences(
         self, served: ServedModel, value: object, truncate: bool | None, *, param: str = "input"
@@ -113,7 +119,20 @@ class EmbeddingsService:
                         code="context_length_exceeded",
                     )
                 sequences[i] = ids[:limit]
+        self._check_request_tokens(sequences, param)
         return sequences
+
+    def _check_request_tokens(self, sequences: list[list[int]], param: str) -> None:
+        """One request may not hold the encoder for long: past the budget (as OpenAI's 300,000 tokens
+        summed across inputs), refuse it whole; the client can split it into several requests."""
+        total = sum(len(ids) for ids in sequences)
+        if total > self.max_request_tokens:
+            raise InvalidRequest(
+                f"{param} has {total} tokens in all; at most {self.max_request_tokens} are allowed per request. "
+                "Split it across several requests.",
+                param=param,
+                code="max_tokens_per_request",
+            )
 
 
 def truncate_dimensions(vectors: np.ndarray, dimensions: int) -> np.ndarray:

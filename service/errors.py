@@ -141,9 +141,13 @@ def database_unavailable(exc: BaseException) -> bool:
     * a pool that could not hand out a connection in time (``sqlalchemy.exc.TimeoutError``);
     * psycopg's OperationalError: a failed connect (refused, reset, timed out), a server shutting
       down or starting up (SQLSTATE 57P0x), too many connections (53300), a lock or statement timeout;
-    * SQLite busy/locked past its timeout, or a database file that cannot be opened or read.
+    * SQLite busy/locked past its timeout, or a database file that cannot be opened or read;
+    * the SQLite database file deleted, moved or replaced under the server (``DatabaseFileChanged``,
+      service/store/db.py): unavailable until the same file is back at its path.
     """
     from sqlalchemy import exc as sa
+
+    from service.store.db import DatabaseFileChanged
 
     if isinstance(exc, sa.TimeoutError):
         return True
@@ -152,6 +156,8 @@ def database_unavailable(exc: BaseException) -> bool:
     if exc.connection_invalidated:
         return True
     orig = exc.orig
+    if isinstance(orig, DatabaseFileChanged):
+        return True
     if type(orig).__module__.startswith("psycopg"):
         import psycopg
 

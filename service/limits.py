@@ -79,6 +79,8 @@ class LimitedRequest(Request):
         if self._json is not Empty or self._connection_state.json is not Empty:
             return await super().json()
         body = await self.body()
+        if not body.strip():  # else the decoder's complaint reaches the client as "'data'"
+            raise InvalidRequest("The request body is empty; send a JSON object.", code="empty_body")
         check_json_depth(body)
         try:
             return await super().json()

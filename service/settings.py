@@ -40,6 +40,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     queue_max_inputs: int = 16384
     # Request limits.
     max_inputs: int = 2048
+    # Tokens summed across a request's inputs (after truncation), as OpenAI's limit.
+    max_request_tokens: Annotated[int, msgspec.Meta(ge=1)] = 300_000
     max_body_bytes: int = 32 * 1024 * 1024
     truncate: bool = False  # default for requests that do not say; over-long inputs are cut instead of refused
     # Seconds between FAISS index snapshots (writes are durable in SQL at once; snapshots shorten replay);

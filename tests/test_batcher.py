@@ -173,3 +173,67 @@ async def test_under_load_the_next_pool_waits_for_the_last_pools_clients(encoder
         assert sizes == expected
     else:
         assert sizes[0] == 8 and len(sizes) > 2  # without patience the returning clients are split up
+
+
+class Recorder:
+    """An ``encode`` that records the sequences of each forward pass and takes ``seconds`` for one."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+        self.calls: list[list[list[int]]] = []
+
+    def __call__(self, batch: list[list[int]]) -> np.ndarray:
+        self.calls.append(batch)
+        time.sleep(self.seconds)
+        return np.ones((len(batch), 2), dtype=np.float32)
+
+    def first_call_with(self, ids: list[int]) -> int:
+        return next(i for i, batch in enumerate(self.calls) if ids in batch)
+
+
+async def test_keys_take_turns_in_a_pool_keeping_each_keys_order():
+    encode = Recorder(seconds=0.01)
+    batcher = Batcher(encode, 2, max_tokens=8, max_batch=1, max_wait=0.05)  # pools of 8 four-token sequences
+    big = [[1, 1, 1, i] for i in range(20)]
+    small = [[2, 2, 2, i] for i in range(3)]
+    try:
+        await asyncio.gather(batcher.embed(big, key="a"), batcher.embed(small, key="b"))
+    finally:
+        await batcher.stop()
+    assert [encode.first_call_with(ids) for ids in small] == [1, 3, 5]  # a, b, a, b, a, b, a, a, then the rest of a
+    assert [batch[0] for batch in encode.calls if batch[0][0] == 1] == big
+
+
+async def test_a_small_request_waits_for_the_batch_being_computed_not_for_a_big_one():
+    """Key b arrives while the pool of key a's 40 sequences runs (one forward pass each): it joins the
+    pool and runs next, instead of after all of a's."""
+    encode = Recorder()
+    batcher = Batcher(encode, 2, max_batch=1)
+    try:
+        big = asyncio.ensure_future(batcher.embed([[1] * 4 for _ in range(40)], key="a"))
+        await asyncio.sleep(0.02)  # a's pool is taken, its first forward pass under way
+        assert encode.calls
+        await batcher.embed([[2]], key="b")
+        assert encode.first_call_with([2]) <= 2
+        assert len(encode.calls) <= 3
+        await big
+    finally:
+        await batcher.stop()
+    assert len(encode.calls) == 41
+
+
+async def test_a_cancelled_call_leaves_the_queue_at_once_and_never_runs():
+    encode = Recorder()
+    batcher = Batcher(encode, 2, max_tokens=8, max_batch=1, max_pending=20)  # a pool holds 8 of the 20
+    try:
+        call = asyncio.ensure_future(batcher.embed([[1, 1, 1, i] for i in range(20)], key="a"))
+        await asyncio.sleep(0.02)  # the first forward pass under way
+        assert batcher.pending == 12
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert batcher.pending == 0
+        assert (await batcher.embed([[2]] * 20, key="b")).shape == (20, 2)  # room for a full queue again
+    finally:
+        await batcher.stop()
+    assert [batch[0][0] for batch in encode.calls] == [1] + [2] * 20  # only the pass under way ran for a

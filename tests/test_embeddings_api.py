@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 
+import msgspec
 import numpy as np
 import pytest
 
-from tests.conftest import AUTH
+from tests.conftest import AUTH, app_client
 
 pytestmark = pytest.mark.integration
 
@@ -192,3 +193,41 @@ async def test_every_route_but_health_needs_a_valid_key(client, headers):
         response = await client.request(method, path, json={"model": "tiny", "input": "x"}, headers=headers)
         assert_error(response, 401, code="invalid_api_key")
     assert (await client.get("/v1/models", headers=AUTH)).status_code == 200
+
+
+async def test_tokens_summed_across_a_requests_inputs_are_limited(settings):
+    """`EMBEDSEARCH_MAX_REQUEST_TOKENS` (here 64), counted after truncation, for collections' texts too."""
+    async with app_client(msgspec.structs.replace(settings, max_request_tokens=64)) as client:
+        fox = "the quick brown fox"  # 5 tokens with <bos>
+        at_limit = await embed(client, input=[fox] * 12 + ["the quick brown"])
+        assert at_limit.status_code == 200, at_limit.text
+        assert at_limit.json()["usage"]["prompt_tokens"] == 64
+        error = assert_error(await embed(client, input=[fox] * 13), 400, param="input", code="max_tokens_per_request")
+        assert "65 tokens" in error["message"] and "64" in error["message"]
+        assert_error(await embed(client, input=[[2, 5, 6, 7, 8]] * 13), 400, param="input")
+        long_text = " ".join(["dog"] * 100)  # 101 tokens, cut to the model's 64
+        assert (await embed(client, input=long_text, truncate=True)).status_code == 200
+        assert_error(await embed(client, input=[long_text, "dog"], truncate=True), 400, param="input")
+
+        created = await client.post("/v1/collections", json={"name": "kb", "model": "tiny"})
+        assert created.status_code == 201, created.text
+        documents = [{"id": str(i), "text": fox} for i in range(13)]
+        response = await client.post("/v1/collections/kb/documents", json={"documents": documents})
+        assert_error(response, 400, param="documents", code="max_tokens_per_request")
+        response = await client.post("/v1/collections/kb/documents", json={"documents": documents[:12]})
+        assert response.status_code == 200, response.text
+
+
+async def test_the_callers_tenant_is_the_encoders_fairness_key(client, monkeypatch):
+    from service.encoder.batcher import Batcher
+
+    keys: list[str] = []
+    embed_for = Batcher.embed
+
+    async def spy(self, sequences, *, key):
+        keys.append(key)
+        return await embed_for(self, sequences, key=key)
+
+    monkeypatch.setattr(Batcher, "embed", spy)
+    assert (await embed(client, input="hello")).status_code == 200
+    assert keys == ["admin"]  # the tenant of EMBEDSEARCH_API_KEY

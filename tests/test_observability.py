@@ -367,7 +367,8 @@ async def test_ready_when_models_loaded_and_database_answers(client):
         response = await client.get("/ready")
     assert response.status_code == 200
     assert response.json() == {"status": "ready", "models": {"tiny": "ready", "tiny-last": "ready",
-                                                             "tiny-dense": "ready"}, "database": "ok"}
+                                                             "tiny-dense": "ready"}, "database": "ok",
+                               "collections": {"failed": []}}
 
 
 @pytest.mark.integration
@@ -400,7 +401,8 @@ async def test_not_ready_when_the_database_does_not_answer_but_still_alive(clien
         broken.dispose()
     assert response.status_code == 503
     assert response.json() == {"status": "not_ready", "models": {"tiny": "ready", "tiny-last": "ready",
-                                                                 "tiny-dense": "ready"}, "database": "error"}
+                                                                 "tiny-dense": "ready"}, "database": "error",
+                               "collections": {"failed": []}}
     assert "no-such-dir" not in response.text
     assert health.status_code == 200 and health.json()["status"] == "ready"  # liveness is not readiness
     assert (await client.get("/ready")).status_code == 200

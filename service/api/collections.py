@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, MediaType, Request, Response, delete, get, post
 from litestar.params import Parameter
 
+from service.api.paths import document_id
 from service.api.responses import errors
 from service.api.schemas import (
     BatchSearchResponse,
@@ -29,11 +30,6 @@ from service.store.keys import Principal
 
 def principal(request: Request) -> Principal:
     return request.user
-
-
-def _id(path: str) -> str:
-    """Litestar gives `:path` parameters with their leading slash."""
-    return path[1:] if path.startswith("/") else path
 
 
 class CollectionsController(Controller):
@@ -75,8 +71,8 @@ class CollectionsController(Controller):
     ) -> DocumentPage:
         return await collections.list_documents(principal, name, limit, cursor, filter)
 
-    # `:path` so that ids containing "/" (sent as %2F) are reachable too.
-    @get("/{name:str}/documents/{doc_id:path}", summary="Get a document (`?include=vector` adds its vector)",
+    # An id may hold "/" (sent as %2F): service/api/paths.py hands it to routing as one segment.
+    @get("/{name:str}/documents/{doc_id:str}", summary="Get a document (`?include=vector` adds its vector)",
          responses=errors(404))
     async def get_document(
         self,
@@ -86,13 +82,13 @@ class CollectionsController(Controller):
         principal: Principal,
         include: Annotated[str | None, Parameter(description="`vector` to include the vector")] = None,
     ) -> Document:
-        return await collections.get_document(principal, name, _id(doc_id), include == "vector")
+        return await collections.get_document(principal, name, document_id(doc_id), include == "vector")
 
-    @delete("/{name:str}/documents/{doc_id:path}", status_code=200, summary="Delete a document", responses=errors(404))
+    @delete("/{name:str}/documents/{doc_id:str}", status_code=200, summary="Delete a document", responses=errors(404))
     async def delete_document(
         self, name: str, doc_id: str, collections: CollectionsService, principal: Principal
     ) -> Deleted:
-        return await collections.delete_document(principal, name, _id(doc_id))
+        return await collections.delete_document(principal, name, document_id(doc_id))
 
     @post("/{name:str}/documents/delete", status_code=200, summary="Delete documents by ids and/or filter",
           responses=errors(404, 413))
@@ -106,4 +102,5 @@ class CollectionsController(Controller):
     async def search(
         self, name: str, data: SearchRequest, collections: CollectionsService, principal: Principal
     ) -> SearchResponse | BatchSearchResponse:
-        return await collections.search(principal, name, data)
+        # The service encodes the answer in its worker thread (big answers never hold the event loop).
+        return Response(await collections.search(principal, name, data), media_type=MediaType.JSON)  # type: ignore[return-value]

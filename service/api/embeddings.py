@@ -7,6 +7,7 @@ from litestar import Controller, post
 from service.api.responses import errors
 from service.api.schemas import EmbeddingRequest, EmbeddingResponse
 from service.embeddings import EmbeddingsService
+from service.store.keys import Principal
 
 
 class EmbeddingsController(Controller):
@@ -14,5 +15,7 @@ class EmbeddingsController(Controller):
     tags = ["embeddings"]
 
     @post("/", status_code=200, summary="Create embeddings (OpenAI-compatible)", responses=errors(404, 413))
-    async def create(self, data: EmbeddingRequest, embeddings: EmbeddingsService) -> EmbeddingResponse:
-        return await embeddings.create(data)
+    async def create(
+        self, data: EmbeddingRequest, embeddings: EmbeddingsService, principal: Principal
+    ) -> EmbeddingResponse:
+        return await embeddings.create(data, key=principal.tenant)  # tenants share the encoder fairly

@@ -84,6 +84,8 @@ class Collection(msgspec.Struct, kw_only=True):
     count: int  # documents in SQL
     indexed: int  # vectors in the FAISS index (equal to count once every write is applied)
     created_at: int
+    # unavailable: its index could not be opened (the server log says why); only DELETE works on it.
+    status: Literal["ready", "unavailable"] = "ready"
 
 
 class CollectionList(msgspec.Struct, kw_only=True):
@@ -117,7 +119,7 @@ class UpsertResponse(msgspec.Struct, kw_only=True):
 class Document(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     text: str | None = None
-    metadata: dict[str, Any] = {}
+    metadata: dict[str, Any] = {}  # filled with the stored JSON as msgspec.Raw: encoded without a parse
     vector: list[float] | None = None
 
 
@@ -156,7 +158,7 @@ class Hit(msgspec.Struct, kw_only=True, omit_defaults=True):
     # cosine: cosine similarity; dot: inner product (both higher is better); l2: Euclidean distance (lower is better).
     score: float
     text: str | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None  # filled with the stored JSON as msgspec.Raw, like Document's
     vector: list[float] | None = None
 
 

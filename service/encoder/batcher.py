@@ -1,11 +1,20 @@
 """Dynamic batching: the only door to a model.
 
-Concurrent ``await batcher.embed(sequences)`` calls are queued per sequence. One worker takes a
-pool of queued sequences in arrival order (a few batches' worth of tokens), sorts the pool by
-length so that padding stays small, cuts it into batches bounded by a padded-token budget and a
-batch size, and runs them one after another on a single inference thread. A request with many
-inputs is thereby split across batches, and short requests arriving meanwhile wait for at most one
-pool. The queue is bounded: past ``max_pending`` sequences, :meth:`embed` refuses at once with 503.
+Concurrent ``await batcher.embed(sequences, key=tenant)`` calls are queued per sequence, in one queue
+per fairness key. One worker takes a pool of queued sequences (a few batches' worth of tokens)
+round-robin across keys, one sequence from each key in turn and in arrival order within a key, sorts
+the pool by length so that padding stays small, cuts it into batches bounded by a padded-token budget
+and a batch size, and runs them one after another on a single inference thread. A request with many
+inputs is thereby split across batches, and it cannot hold the encoder for itself: another key's
+request is in the next pool with it. Better still, between two batches of a pool, keys with nothing
+in it yet may join it (once per pool, and up to a second pool's worth of tokens, so that everything
+in a pool still runs within it and nothing starves): a short request from another tenant waits for
+the batch being computed now, not for the rest of a huge request queued before it. The queue is
+bounded: past ``max_pending`` sequences, :meth:`embed` refuses at once with 503.
+
+A cancelled :meth:`embed` (its client went away, see service/api/disconnect.py) takes its sequences
+off the queue at once, so they neither count as pending nor reach a forward pass; those already in
+the pool being run are skipped before each batch.
 
 Before taking a pool the worker gives concurrent requests ``max_wait`` to join. Under load it waits
 a little longer for as many sequences as the last pool held: clients that just got their answers
@@ -32,12 +41,16 @@ from service.errors import Unavailable
 
 log = logging.getLogger("service.batcher")
 
+SHARED_KEY = ""  # the fairness key of callers that give none: they share one queue
+POOL_BATCHES = 4  # a pool holds this many batches' worth of tokens; with the keys that join it, twice that
+
 
 @dataclass(eq=False)
 class _Job:
     future: asyncio.Future[np.ndarray]
     result: np.ndarray
     remaining: int
+    key: str
 
 
 @dataclass(slots=True)
@@ -78,7 +91,10 @@ class Batcher:
         self.max_pending = max_pending
         self.name = name
         self.stats = BatcherStats()
-        self._queue: collections.deque[_Item] = collections.deque()
+        # One queue per key with sequences waiting; the dict's order is the round-robin's: a key goes
+        # to the end each time a sequence is taken from it.
+        self._queues: dict[str, collections.deque[_Item]] = {}
+        self._pending = 0
         self._queued_tokens = 0
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encoder-{name}")
@@ -89,7 +105,8 @@ class Batcher:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Sequences queued, not yet in a pool."""
+        return self._pending
 
     def start(self) -> None:
         if self._worker is None:
@@ -103,39 +120,72 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._worker = None
-        while self._queue:
-            job = self._queue.popleft().job
-            if not job.future.done():
-                job.future.set_exception(Unavailable("The server is shutting down.", code="shutting_down"))
+        for queue in self._queues.values():
+            for item in queue:
+                if not item.job.future.done():
+                    item.job.future.set_exception(Unavailable("The server is shutting down.", code="shutting_down"))
+        self._queues.clear()
+        self._pending = self._queued_tokens = 0
         self._executor.shutdown(wait=True)
 
-    async def embed(self, sequences: list[list[int]]) -> np.ndarray:
-        """Embed token-id sequences; returns [len(sequences), dimension] float32, L2-normalised."""
+    async def embed(self, sequences: list[list[int]], *, key: str = SHARED_KEY) -> np.ndarray:
+        """Embed token-id sequences; returns [len(sequences), dimension] float32, L2-normalised.
+
+        ``key`` is the caller for fair sharing (the tenant): keys take turns in every pool."""
         if not sequences:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        if len(self._queue) + len(sequences) > self.max_pending:
+        if self._pending + len(sequences) > self.max_pending:
             raise Unavailable(
-                f"The {self.name} encoder queue is full ({len(self._queue)} inputs waiting); retry shortly.",
+                f"The {self.name} encoder queue is full ({self._pending} inputs waiting); retry shortly.",
                 retry_after=1,
             )
         loop = asyncio.get_running_loop()
-        job = _Job(loop.create_future(), np.empty((len(sequences), self.dimension), dtype=np.float32), len(sequences))
-        for row, ids in enumerate(sequences):
-            self._queue.append(_Item(job, row, ids))
-            self._queued_tokens += len(ids)
+        job = _Job(loop.create_future(), np.empty((len(sequences), self.dimension), dtype=np.float32),
+                   len(sequences), key)
+        queue = self._queues.setdefault(key, collections.deque())
+        queue.extend(_Item(job, row, ids) for row, ids in enumerate(sequences))
+        self._pending += len(sequences)
+        self._queued_tokens += sum(len(ids) for ids in sequences)
         self._wakeup.set()
         self.start()
-        return await job.future
+        try:
+            return await job.future
+        finally:
+            if job.remaining:  # cancelled, or failed: what is still queued must not run
+                self._withdraw(job)
 
-    def _take_pool(self) -> list[_Item]:
-        """Queued items in arrival order, up to a few batches' worth of tokens; cancelled jobs dropped."""
+    def _withdraw(self, job: _Job) -> None:
+        """Take a call's queued sequences off its key's queue, so that they neither run nor count as pending."""
+        queue = self._queues.get(job.key)
+        if queue is None:
+            return
+        kept = [item for item in queue if item.job is not job]
+        self._pending -= len(queue) - len(kept)
+        self._queued_tokens -= sum(len(item.ids) for item in queue if item.job is job)
+        if kept:
+            self._queues[job.key] = collections.deque(kept)  # keeps the key's turn
+        else:
+            del self._queues[job.key]
+
+    def _take(self, budget: int, tokens: int = 0, skip: frozenset[str] = frozenset()) -> list[_Item]:
+        """Queued items round-robin across the keys not in ``skip`` (arrival order within a key) until
+        ``tokens`` plus theirs would pass ``budget`` (the first item of an empty pool always fits)."""
         pool: list[_Item] = []
-        tokens = 0
-        budget = 4 * self.max_tokens
-        while self._queue and (not pool or tokens + len(self._queue[0].ids) <= budget):
-            item = self._queue.popleft()
+        turns = collections.deque(key for key in self._queues if key not in skip)
+        while turns:
+            key = turns.popleft()
+            queue = self._queues[key]
+            item = queue[0]
+            if tokens + len(item.ids) > budget and tokens:
+                break  # this key's turn comes first in the next pool
+            queue.popleft()
+            self._pending -= 1
             self._queued_tokens -= len(item.ids)
-            if item.job.future.done():
+            del self._queues[key]
+            if queue:
+                self._queues[key] = queue  # to the end of the round-robin
+                turns.append(key)
+            if item.job.future.done():  # cancelled or failed, its caller not yet resumed to withdraw it
                 continue
             pool.append(item)
             tokens += len(item.ids)
@@ -155,40 +205,57 @@ class Batcher:
         return batches
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            idle = not self._queue
+            idle = not self._pending
             if idle:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             await self._gather(idle)
-            pool = self._take_pool()
-            self._last_pool = len(pool)
             began = time.monotonic()
-            for batch in self._split(pool):
-                batch = [item for item in batch if not item.job.future.done()]
-                if not batch:
-                    continue
-                sequences = [item.ids for item in batch]
-                try:
-                    vectors = await loop.run_in_executor(self._executor, self._encode_safely, sequences)
-                except Exception as exc:  # a failed forward fails its requests, not the worker
-                    log.exception("forward pass of %d sequences failed", len(batch))
-                    for item in batch:
-                        if not item.job.future.done():
-                            item.job.future.set_exception(exc)
-                    continue
-                self._record(sequences)
-                for item, vector in zip(batch, vectors):
-                    job = item.job
-                    if job.future.done():
-                        continue
-                    job.result[item.row] = vector
-                    job.remaining -= 1
-                    if job.remaining == 0:
-                        job.future.set_result(job.result)
+            self._last_pool = await self._run_pool(self._take(POOL_BATCHES * self.max_tokens))
             self._last_done = time.monotonic()
             self._last_forward = self._last_done - began
+
+    async def _run_pool(self, pool: list[_Item]) -> int:
+        """Run a pool's batches; between two, keys with nothing in it yet join it (see the module's
+        docstring). Returns how many sequences the pool held in the end."""
+        keys = {item.job.key for item in pool}
+        tokens = sum(len(item.ids) for item in pool)
+        held = len(pool)
+        batches = self._split(pool)
+        while batches:
+            await self._forward(batches.pop(0))
+            joined = self._take(2 * POOL_BATCHES * self.max_tokens, tokens, frozenset(keys)) if batches else []
+            if joined:
+                keys.update(item.job.key for item in joined)
+                tokens += sum(len(item.ids) for item in joined)
+                held += len(joined)
+                batches = self._split([item for batch in batches for item in batch] + joined)
+        return held
+
+    async def _forward(self, batch: list[_Item]) -> None:
+        """One forward pass over the batch's live items; a failure fails their requests, not the worker."""
+        batch = [item for item in batch if not item.job.future.done()]
+        if not batch:
+            return
+        sequences = [item.ids for item in batch]
+        try:
+            vectors = await asyncio.get_running_loop().run_in_executor(self._executor, self._encode_safely, sequences)
+        except Exception as exc:
+            log.exception("forward pass of %d sequences failed", len(batch))
+            for item in batch:
+                if not item.job.future.done():
+                    item.job.future.set_exception(exc)
+            return
+        self._record(sequences)
+        for item, vector in zip(batch, vectors):
+            job = item.job
+            if job.future.done():
+                continue
+            job.result[item.row] = vector
+            job.remaining -= 1
+            if job.remaining == 0:
+                job.future.set_result(job.result)
 
     async def _gather(self, idle: bool) -> None:
         """Let concurrent requests join the next pool (see the module's docstring), unless a batch is full."""
@@ -198,9 +265,9 @@ class Batcher:
         # Clients coming back from the last pool arrive within about one forward's time of its end.
         returning = now - self._last_done <= self._last_forward
         patient_until = now + self.patience * self._last_forward if returning else now
-        while self._queued_tokens < self.max_tokens and len(self._queue) < self.max_batch:
+        while self._queued_tokens < self.max_tokens and self._pending < self.max_batch:
             now = time.monotonic()
-            until = patient_until if len(self._queue) < self._last_pool else deadline
+            until = patient_until if self._pending < self._last_pool else deadline
             if now >= max(deadline, until):
                 break
             self._wakeup.clear()

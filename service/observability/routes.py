@@ -20,10 +20,17 @@ log = logging.getLogger("service.ready")
 DATABASE_TIMEOUT = 2.0  # seconds /ready waits for SELECT 1
 
 
+class CollectionsHealth(msgspec.Struct, kw_only=True):
+    # Ids of the collections that could not be opened: each answers 503 (the others are served), so the
+    # server stays ready; the log says why.
+    failed: list[int]
+
+
 class Ready(msgspec.Struct, kw_only=True):
     status: Literal["ready", "not_ready"]
     models: dict[str, str]  # name -> loading | ready | error
     database: Literal["ok", "error"]
+    collections: CollectionsHealth
 
 
 @get(
@@ -68,5 +75,6 @@ async def ready(hub: ModelHub, state: State) -> Response[Ready]:
     models = hub.status
     database_ok = await _database_ok(state.services.engine)
     ok = database_ok and all(status == "ready" for status in models.values())
-    body = Ready(status="ready" if ok else "not_ready", models=models, database="ok" if database_ok else "error")
+    body = Ready(status="ready" if ok else "not_ready", models=models, database="ok" if database_ok else "error",
+                 collections=CollectionsHealth(failed=state.services.collections.failed()))
     return Response(body, status_code=200 if ok else 503)

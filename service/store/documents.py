@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Iterator
 
 import numpy as np
-from sqlalchemy import Connection, ColumnElement, Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, ColumnElement, Engine, Text, and_, cast, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service.store.tables import collections, documents, removals
@@ -45,7 +45,7 @@ class StoredDocument:
     id: str
     seq: int
     text: str | None
-    metadata: dict[str, Any]
+    metadata_json: str  # the metadata object as JSON text, as stored: responses embed it without parsing
     vector: bytes
 
 
@@ -63,11 +63,13 @@ def from_blobs(blobs: list[bytes], dimension: int) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dimension).astype(np.float32)
 
 
-_DOC_COLUMNS = (documents.c.id, documents.c.seq, documents.c.text, documents.c.meta, documents.c.vector)
+# The metadata as JSON text (a plain cast on SQLite, jsonb::text on PostgreSQL): reading it never parses it.
+_DOC_COLUMNS = (documents.c.id, documents.c.seq, documents.c.text, cast(documents.c.meta, Text).label("meta"),
+                documents.c.vector)
 
 
 def _document(row: Any) -> StoredDocument:
-    return StoredDocument(id=row.id, seq=row.seq, text=row.text, metadata=row.meta, vector=row.vector)
+    return StoredDocument(id=row.id, seq=row.seq, text=row.text, metadata_json=row.meta, vector=row.vector)
 
 
 class DocumentStore:

@@ -32,7 +32,8 @@ Semantics (identical on SQLite and PostgreSQL)
   (PostgreSQL cannot store it) nor unpaired surrogates.
 * Limits: nesting at most 32 levels deep (each ``$and``/``$or``/``$not`` opens a level) and at
   most 1024 conditions, counting each comparison, each ``$in``/``$nin`` value and each logical
-  operator.
+  operator. Every filter within them runs on both databases: wide lists compile to grouped SQL
+  that stays within SQLite's limits on expression depth and parser stack (see ``_grouped``).
 
 Invalid filters raise :class:`~service.errors.InvalidRequest` with ``param="filter"`` and a message
 that starts with the path of the problem, e.g. ``filter.$and[1].price: $gt needs a number or a
@@ -55,6 +56,7 @@ from typing import Any, Union
 
 from sqlalchemy import ColumnElement, String, Text, and_, cast, collate, func, literal, not_, or_, true
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.elements import Grouping
 
 from service.errors import InvalidRequest
 
@@ -298,6 +300,76 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _merged(children: tuple[Filter, ...], one: str, many: str) -> list[Filter]:
+    """The children, with the ``one``/``many`` comparisons of each field merged into one ``many``.
+
+    An $or of ``$eq``/``$in`` on a field is the ``$in`` of all their values, and an $and of
+    ``$ne``/``$nin`` their ``$nin``: that is how ``$in`` and ``$nin`` are defined, so only the SQL
+    changes, where a wide list of values becomes one ``IN`` instead of a term per value."""
+    groups: dict[tuple[str, ...], list[Compare]] = {}
+    rest: list[Filter] = []
+    for child in children:
+        if isinstance(child, Compare) and child.op in (one, many):
+            groups.setdefault(child.field, []).append(child)
+        else:
+            rest.append(child)
+    merged: list[Filter] = [
+        group[0] if len(group) == 1
+        else Compare(field, many, tuple(v for c in group for v in (c.value if c.op == many else (c.value,))))
+        for field, group in groups.items()
+    ]
+    return merged + rest
+
+
+def _depth(node: Filter) -> int:
+    """How many $and/$or/$not levels a filter nests."""
+    if isinstance(node, (And, Or)):
+        return 1 + max(map(_depth, node.children))
+    if isinstance(node, Not):
+        return 1 + _depth(node.child)
+    return 0
+
+
+def _deepest_first(children: list[Filter]) -> list[Filter]:
+    """The children, the most deeply nested first (a stable sort: otherwise in their order).
+
+    SQLite parses with a stack of about 100 entries ("parser stack overflow"). A parenthesised
+    group costs one entry where it opens a chain, three after an AND or OR, so a filter at
+    MAX_DEPTH only fits if its deep part opens the chain of each level. The order is free: every
+    predicate is two-valued and has no side effects."""
+    return sorted(children, key=_depth, reverse=True)
+
+
+class _Parens(Grouping[bool]):
+    """Parentheses that and_()/or_() keep. They splice a nested list of their own operator into
+    theirs, and a plain Grouping passes the wrapped list's ``operator`` through."""
+
+    inherit_cache = True
+    operator = None
+
+
+# Terms in one flat AND/OR chain. SQLite nests a chain a level per term and refuses expressions
+# deeper than 1000: MAX_DEPTH levels of chains this long stay far below that, leaves included.
+_FANOUT = 16
+
+
+_Connective = Callable[..., ColumnElement[bool]]  # and_ or or_
+
+
+def _grouped(connective: _Connective, parts: list[ColumnElement[bool]]) -> ColumnElement[bool]:
+    """``connective(*parts)``, with more than _FANOUT parts split into at most _FANOUT
+    parenthesised groups, recursively.
+
+    A flat chain of MAX_CONDITIONS terms is deeper than SQLite allows; grouped, a list of n parts
+    is at most _FANOUT levels deep per factor of _FANOUT in n. Groups cost parser stack (see
+    _deepest_first), hence wide ones rather than a binary tree, and short lists, most filters,
+    compile as they are."""
+    if len(parts) <= _FANOUT:
+        return connective(*parts)
+    size = -(-len(parts) // _FANOUT)
+    return connective(*(_Parens(_grouped(connective, parts[i:i + size])) for i in range(0, len(parts), size)))
+
+
 class _Dialect:
     """Builds two-valued predicates (never SQL NULL), so that NOT is exact negation."""
 
@@ -339,12 +411,15 @@ class _Dialect:
         if isinstance(node, Compare):
             return self.compare(node)
         if isinstance(node, And):
-            return and_(*(self.build(child) for child in node.children))
+            return self.chain(and_, _merged(node.children, "$ne", "$nin"))
         if isinstance(node, Or):
-            return or_(*(self.build(child) for child in node.children))
+            return self.chain(or_, _merged(node.children, "$eq", "$in"))
         if isinstance(node, Not):
             return not_(self.build(node.child))
         raise TypeError(f"not a filter node: {node!r}")
+
+    def chain(self, connective: _Connective, children: list[Filter]) -> ColumnElement[bool]:
+        return _grouped(connective, [self.build(child) for child in _deepest_first(children)])
 
 
 class _SQLite(_Dialect):

@@ -11,6 +11,13 @@ from sqlalchemy import Engine, func, insert, select
 from service.store.tables import api_keys
 
 KEY_PREFIX = "es-"
+# The tenant of admin keys (EMBEDSEARCH_API_KEY's and the one generated on a first start): reserved, so
+# that no tenant key can read or delete the admin's collections.
+ADMIN_TENANT = "admin"
+
+
+class ReservedTenant(ValueError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,8 @@ class KeyStore:
         self.engine = engine
 
     def create(self, tenant: str, *, admin: bool = False) -> str:
+        if tenant == ADMIN_TENANT and not admin:
+            raise ReservedTenant(f"the tenant {ADMIN_TENANT!r} is reserved for admin keys; pick another name")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         with self.engine.begin() as conn:
             conn.execute(

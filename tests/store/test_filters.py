@@ -339,6 +339,115 @@ def test_type_distinctions(db: Engine) -> None:
     assert ids({"name": "'; DROP TABLE documents; --"}) == having(lambda m: m.get("name") == "'; DROP TABLE documents; --")
 
 
+# --- wide and deep filters, at the limits ----------------------------------------------------
+# A flat AND/OR of n terms is a tree n levels deep to SQLite, which refuses expressions deeper
+# than 1000 ("Expression tree is too large") and parses with a stack of about 100 entries
+# ("parser stack overflow"): filters at MAX_CONDITIONS and MAX_DEPTH must pass both.
+
+
+def conditions(flt: dict[str, Any]) -> int:
+    """What a filter counts against MAX_CONDITIONS: each comparison, each $in/$nin value and each
+    logical operator (the module docstring's rule)."""
+    total = 0
+    for key, cond in flt.items():
+        if key in ("$and", "$or"):
+            total += 1 + sum(map(conditions, cond))
+        elif key == "$not":
+            total += 1 + conditions(cond)
+        elif isinstance(cond, dict):
+            total += sum(len(operand) if op in ("$in", "$nin") else 1 for op, operand in cond.items())
+        else:
+            total += 1
+    return total
+
+
+# Real terms beside the padding: some that few documents match (for $or), some that most do (for $and).
+FEW = [{"price": {"$gt": 50}}, {"name": "a"}, {"flag": False}, {"author.age": {"$lt": 31}},
+       {"x-y": {"$exists": True}}, {"n.0": "zero"}, {"name": {"$gte": "z"}}, {"price": {"$lt": 0}}]
+MOST = [{"price": {"$ne": 1}}, {"name": {"$nin": ["a"]}}, {"flag": {"$ne": True}}, {"author.age": {"$ne": 30}},
+        {"tags": {"$exists": False}}, {"nope": None}, {"name": {"$lt": "z"}}, {"price": {"$gte": -1}}]
+
+
+def padding(n: int, holds: bool) -> list[dict[str, Any]]:
+    """n one-condition filters on distinct absent fields, of several operators, that hold for every
+    document (``holds``) or for none: a wide $and/$or of them still selects by its other terms."""
+    always = [None, {"$ne": 1}, {"$exists": False}, {"$nin": ["x"]}]
+    never = [1, {"$gt": 0}, {"$exists": True}, {"$in": ["x"]}, {"$lte": "z"}]
+    conds = always if holds else never
+    return [{f"pad{i}.v": conds[i % len(conds)]} for i in range(n)]
+
+
+def wide(real: list[dict[str, Any]], holds: bool, total: int) -> list[dict[str, Any]]:
+    """``total`` one-condition filters: ``real`` spread evenly through padding (see padding()), the
+    first at the front and the last at the end."""
+    items = padding(total - len(real), holds)
+    for n, flt in enumerate(real):
+        items.insert(n * (total - 1) // (len(real) - 1), flt)
+    return items
+
+
+def check_at_limit(engine: Engine, filters: list[dict[str, Any]]) -> None:
+    """check(), for filters of exactly MAX_CONDITIONS conditions that select some documents but not all."""
+    for flt in filters:
+        assert conditions(flt) == MAX_CONDITIONS
+        assert 0 < len(expected(flt)) < len(METAS), json.dumps(flt)[:200]
+    check(engine, filters)
+
+
+def test_wide_or_at_the_limit(db: Engine) -> None:
+    """$or of MAX_CONDITIONS - 1 branches (the $or counts too): comparisons of several fields, and
+    equalities of one field with values of every type (1 and 1.0, true, "1", null, ...)."""
+    width = MAX_CONDITIONS - 1
+    mixed = {"$or": wide(FEW, holds=False, total=width)}
+    values = (SCALARS + [f"v{i}" for i in range(width)])[:width]
+    same_field = {"$or": [{"price": v} if i % 2 else {"price": {"$eq": v}} for i, v in enumerate(values)]}
+    check_at_limit(db, [mixed, same_field])
+
+
+def test_wide_and_at_the_limit(db: Engine) -> None:
+    """$and of MAX_CONDITIONS - 1 items: comparisons of several fields, and $ne of one field."""
+    width = MAX_CONDITIONS - 1
+    mixed = {"$and": wide(MOST[:4], holds=True, total=width)}
+    values = (SCALARS + [f"v{i}" for i in range(width)])[:width]
+    same_field = {"$and": [{"name": {"$ne": v}} for v in values]}
+    check_at_limit(db, [mixed, same_field])
+
+
+def test_wide_object_at_the_limit(db: Engine) -> None:
+    """An object of MAX_CONDITIONS fields (ANDed, and no operator to count)."""
+    fields = {key: cond for flt in wide(MOST[:5], holds=True, total=MAX_CONDITIONS) for key, cond in flt.items()}
+    check_at_limit(db, [fields])
+
+
+def deep_and_wide(nested_last: bool) -> dict[str, Any]:
+    """MAX_DEPTH levels: $and, $or and $not in turn, each $and/$or holding the next level beside as
+    many one-condition siblings as MAX_CONDITIONS allows (two real ones, the rest padding), and at
+    the bottom an $in whose values make up the count."""
+    ops = [("$and", "$or", "$not")[level % 3] for level in range(MAX_DEPTH - 1)]
+    lists = sum(op != "$not" for op in ops)
+    width = (MAX_CONDITIONS - len(ops) - 1) // lists
+    flt: dict[str, Any] = {"price": {"$in": SCALARS[:MAX_CONDITIONS - len(ops) - lists * width]}}
+    for level, op in reversed(list(enumerate(ops))):
+        if op == "$not":
+            flt = {"$not": flt}
+        else:
+            real = FEW if op == "$or" else MOST
+            two = [real[level % len(real)], real[(level + 3) % len(real)]]
+            siblings = wide(two, holds=op == "$and", total=width)
+            flt = {op: siblings + [flt] if nested_last else [flt] + siblings}
+    return flt
+
+
+def test_deep_and_wide_at_the_limits(db: Engine) -> None:
+    """Nesting at MAX_DEPTH with MAX_CONDITIONS spread over its levels, the deep part of each level
+    last or first (a parenthesised group after an AND/OR costs SQLite the most parser stack)."""
+    flts = [deep_and_wide(nested_last) for nested_last in (True, False)]
+    parse_filter(flts[0])  # within MAX_DEPTH
+    with pytest.raises(InvalidRequest, match="nested too deeply"):
+        parse_filter({"$not": flts[0]})
+    check_at_limit(db, flts)
+
+
 # --- validation -----------------------------------------------------------------------------
 
 
