@@ -183,3 +183,27 @@ async def test_index_parameters_are_bounded_and_explained_in_our_words(client, i
     assert_error(response, 400, param="index")
     message = response.json()["error"]["message"]
     assert words in message and "C++" not in message and "stoi" not in message and ".cpp" not in message, message
+
+
+async def test_a_search_answer_is_built_off_the_event_loop(client, monkeypatch):
+    """256 queries x top_k 1000 used to stall every other request while their hits were shaped on the loop."""
+    import asyncio
+
+    import service.collections
+
+    on_loop = []
+    shape = service.collections.CollectionsService._hits
+
+    def recording(*args, **kwargs):
+        try:
+            asyncio.get_running_loop()  # only the event loop's thread has a running loop
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return shape(*args, **kwargs)
+
+    monkeypatch.setattr(service.collections.CollectionsService, "_hits", staticmethod(recording))
+    await make(client, "loop", dimension=2)
+    await upsert(client, "loop", [{"id": "a", "vector": [1, 0]}])
+    await search(client, "loop", vectors=[[1, 0]] * 3)
+    assert on_loop == [False, False, False]
