@@ -18,8 +18,7 @@ import faiss
 import numpy as np
 
 # The service's defaults, so that the baseline index is configured like the service's.
-from index.structure import MIN_POINTS_PER_CENTROID, default_nprobe
-from index.vector_index import DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH
+from index import DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH, MIN_POINTS_PER_CENTROID, default_nprobe
 
 
 def ivf_factory(n: int) -> str:

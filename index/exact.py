@@ -1,7 +1,8 @@
 """Exact (brute-force) k-NN over an explicit candidate list, in bounded memory, with stable ties.
 
 Used for filtered searches over small allowed sets, for rows an approximate index answered with fewer
-than k results, and for ``search(..., exact=True)``.
+than k results, and for ``search(..., exact=True)``; :func:`finish` turns any search's distances into
+the scores VectorIndex returns, ordered by (score, id).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import numpy as np
 _MAX_SCORE_ELEMS = 1 << 24  # queries x candidates score block (64 MiB of float32)
 _MAX_GATHER_ELEMS = 1 << 23  # candidates x dimension gathered at once (32 MiB of float32)
 _PAD_TIE = np.iinfo(np.int64).max
+# Extra results fetched beyond k so that ties at the k-th position can be ordered by id.
+TIE_MARGIN = 8
 # numpy's BLAS spreads each product over every core, and products called from several threads at once
 # thrash: a 1x640 by 640x10k product took 12 ms per call from 8 threads against 0.75 ms alone (2
 # cores). Searches run in worker threads, so their products take turns; each still uses every core.
@@ -93,3 +96,63 @@ def exact_knn(
 
 def _to_dist(key: np.ndarray, inner_product: bool) -> np.ndarray:
     return (-key if inner_product else key).astype(np.float32)
+
+
+def missing_score(metric: str) -> float:
+    """The distance (and score) of a missing result: worse than any real one."""
+    return np.inf if metric == "l2" else -np.inf
+
+
+def with_ties(searcher, q: np.ndarray, k: int, n_avail: int, resolve: bool, metric: str):
+    """Run searcher(q, kf) for kf a little above k so that equal scores straddling the k-th position
+    can be ordered by id (FAISS cuts ties at k arbitrarily). With resolve (exact indexes), rows whose
+    tie run reaches the last fetched column are searched again with a wider kf until the tie is closed.
+    ``n_avail``: how many results exist at most."""
+    kf = min(k + TIE_MARGIN, n_avail) if n_avail > k else k
+    dist, ext = searcher(q, kf)
+    ext = np.asarray(ext)
+    while resolve and kf < n_avail:
+        key = dist if metric == "l2" else -dist
+        open_tie = (ext[:, -1] >= 0) & (key[:, k - 1] == key[:, -1])
+        if not open_tie.any():
+            break
+        kf2 = min(4 * kf, n_avail)
+        rows = np.flatnonzero(open_tie)
+        d2, e2 = searcher(q[rows], kf2)
+        dist, ext = widen(dist, ext, kf2, missing_score(metric))
+        dist[rows], ext[rows] = d2, e2
+        kf = kf2
+    return dist, ext
+
+
+def widen(dist: np.ndarray, ext: np.ndarray, width: int, pad: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pad result arrays with missing entries up to ``width`` columns (copies)."""
+    extra = width - dist.shape[1]
+    if extra <= 0:
+        return dist.copy(), ext.copy()
+    dist = np.pad(np.asarray(dist, dtype=np.float32), ((0, 0), (0, extra)), constant_values=pad)
+    ext = np.pad(np.asarray(ext, dtype=np.int64), ((0, 0), (0, extra)), constant_values=-1)
+    return dist, ext
+
+
+def finish(dist: np.ndarray, ext: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Distances -> scores (Euclidean, not squared, for l2), padding, and the top k per row ordered by
+    (score, id): FAISS orders equal distances arbitrarily, and callers want stable results."""
+    dist = np.asarray(dist, dtype=np.float32)
+    ext = np.asarray(ext, dtype=np.int64)
+    missing = ext < 0
+    if metric == "l2":
+        scores = np.sqrt(np.maximum(dist, 0.0)).astype(np.float32)
+        scores[missing] = np.inf
+        key = scores
+    else:
+        scores = dist.copy()
+        scores[missing] = -np.inf
+        key = -scores
+    tie = np.where(missing, _PAD_TIE, ext)
+    order = select_topk(np.where(missing, np.inf, key), tie, k)
+    scores = np.take_along_axis(scores, order, axis=1)
+    ext = np.take_along_axis(ext, order, axis=1)
+    if ext.shape[1] < k:
+        scores, ext = widen(scores, ext, k, missing_score(metric))
+    return scores, ext

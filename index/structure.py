@@ -1,23 +1,13 @@
 """Everything that depends on the *structure* of a FAISS index built from a factory string.
 
 * :func:`create` builds the index (invalid or out-of-bounds strings -> ValueError, see factory.py),
-* :func:`describe` finds the parts we tune (HNSW graph, IVF lists) and decides how ids and deletes are
-  handled (:class:`Layout`),
+* :func:`labels_are_ids` and :func:`removable` decide how ids and deletes are handled: FAISS labels are
+  the caller's ids where the index removes natively (IVF, or Flat/PQ/SQ/... wrapped in ``IndexIDMap2``,
+  see direct_ids.py), positions with tombstones elsewhere (HNSW, refine indexes, see tombstones.py),
+* :func:`describe` finds the parts we tune (HNSW graph, IVF lists) and what searching can do (:class:`Layout`),
 * :func:`min_training_size` says how many vectors the index needs before it can be trained,
-* :func:`search_params` builds the nested ``SearchParameters`` object for an index.
-
-Id handling ("mode"):
-
-``"ivf"``
-    IVF indexes (optionally behind a pre-transform such as OPQ/PCA) store arbitrary int64 ids and support
-    ``remove_ids``; a hashtable direct map makes ``reconstruct(id)`` work. FAISS labels are the caller's ids.
-``"idmap"``
-    Indexes that support ``remove_ids`` but not ``add_with_ids`` (Flat, PQ, SQ, LSH...) are wrapped in an
-    ``IndexIDMap2``. FAISS labels are the caller's ids.
-``"tombstone"``
-    Indexes that cannot remove vectors (HNSW*, refine indexes such as "IVF64,PQ16,RFlat"). FAISS labels are positions (0..ntotal-1); the caller's ids map to
-    positions, deleted positions are tombstones excluded with an ``IDSelectorBitmap`` at search time and
-    purged by a rebuild (compaction).
+* :func:`search_params` builds the nested ``SearchParameters`` object for an index,
+* :func:`add_chunked` and :func:`reconstruct` move vectors in and out in bounded batches.
 """
 
 from __future__ import annotations
@@ -63,7 +53,7 @@ def create(dimension: int, metric: str, factory: str) -> faiss.Index:
     except RuntimeError as exc:
         log.debug("faiss.index_factory(%d, %r) failed: %s", dimension, factory, exc)
         raise ValueError(factory_bounds.not_accepted(factory, dimension)) from None
-    if index.metric_type != METRIC_TYPES[metric]:  # e.g. HNSW32_PQ16 is built for L2 only
+    if index.metric_type != METRIC_TYPES[metric]:  # e.g. HNSW32_PQ16 and NSG32,PQ16 are built for L2 only
         raise ValueError(f"factory {factory!r}: FAISS builds this index type for the l2 metric only, not {metric}")
     # index_factory already returns the most derived (owning) wrapper; never downcast_index an owning
     # object and drop it: downcast_index returns a non-owning view of the same C++ object.
@@ -126,12 +116,29 @@ def supports_selector(index) -> bool:
     return isinstance(inner, (faiss.IndexHNSW, faiss.IndexIVF, faiss.IndexFlat, faiss.IndexScalarQuantizer))
 
 
-def _removable(index) -> bool:
+def removable(index) -> bool:
+    """Whether ``index`` removes vectors natively (``remove_ids``)."""
     try:
         index.remove_ids(np.empty(0, dtype=np.int64))
     except RuntimeError:
         return False
     return True
+
+
+def labels_are_ids(index) -> bool:
+    """Whether ``index`` stores arbitrary int64 labels and removes them natively: an IndexIDMap2 wrapper,
+    or an IVF index (optionally behind a pre-transform such as OPQ/PCA)."""
+    top = _down(index)
+    below_transform = _down(top.index) if isinstance(top, faiss.IndexPreTransform) else top
+    return isinstance(top, (faiss.IndexIDMap, faiss.IndexIDMap2)) or isinstance(below_transform, faiss.IndexIVF)
+
+
+def wrap_ids(index) -> faiss.IndexIDMap2:
+    """``index`` behind an owning IndexIDMap2, so that its labels can be the caller's ids."""
+    wrapped = faiss.IndexIDMap2(index)
+    wrapped.own_fields = True
+    index.this.disown()
+    return wrapped
 
 
 def unsupported_reason(index) -> str | None:
@@ -146,20 +153,8 @@ def unsupported_reason(index) -> str | None:
     return None
 
 
-def classify(index) -> str:
-    """Return the id-handling mode ("ivf", "idmap" or "tombstone") of a freshly built index."""
-    top = _down(index)
-    below_transform = _down(top.index) if isinstance(top, faiss.IndexPreTransform) else top
-    if isinstance(below_transform, faiss.IndexIVF):
-        return "ivf"
-    if _removable(top):
-        return "idmap"
-    return "tombstone"
-
-
 @dataclasses.dataclass
 class Layout:
-    mode: str
     hnsw: faiss.IndexHNSW | None
     ivf: faiss.IndexIVF | None
     exact: bool  # searching the index is already exact (IndexFlat storage)
@@ -167,17 +162,16 @@ class Layout:
     gpu_capable: bool
 
 
-def describe(main, mode: str) -> Layout:
-    inner = unwrap(main)
-    gpu_capable = mode in ("ivf", "idmap") and not isinstance(_down(main), faiss.IndexPreTransform)
+def describe(index) -> Layout:
+    inner = unwrap(index)
+    gpu_capable = labels_are_ids(index) and not isinstance(_down(index), faiss.IndexPreTransform)
     gpu_types = (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexIVFPQ, faiss.IndexIVFScalarQuantizer)
     gpu_capable = gpu_capable and isinstance(inner, gpu_types) and not isinstance(inner, faiss.IndexIVFFastScan)
     return Layout(
-        mode=mode,
-        hnsw=find_hnsw(main),
-        ivf=find_ivf(main),
+        hnsw=find_hnsw(index),
+        ivf=find_ivf(index),
         exact=isinstance(inner, faiss.IndexFlat),
-        selector=supports_selector(main),
+        selector=supports_selector(index),
         gpu_capable=gpu_capable,
     )
 
@@ -270,3 +264,23 @@ def search_params(index, sel=None, ef_search: int | None = None, nprobe: int | N
     if sel is None:
         return None
     return faiss.SearchParameters(sel=sel)
+
+
+# Vectors go into FAISS this many at a time, which bounds the temporary copies FAISS makes while adding.
+_ADD_CHUNK = 65536
+
+
+def add_chunked(index, vectors: np.ndarray, labels: np.ndarray | None = None) -> None:
+    """``index.add`` (positional labels) or ``index.add_with_ids`` of ``vectors``, in bounded batches."""
+    for a in range(0, vectors.shape[0], _ADD_CHUNK):
+        if labels is None:
+            index.add(vectors[a : a + _ADD_CHUNK])
+        else:
+            index.add_with_ids(vectors[a : a + _ADD_CHUNK], labels[a : a + _ADD_CHUNK])
+
+
+def reconstruct(index, labels: np.ndarray) -> np.ndarray:
+    """Stored vectors of ``labels`` (float32 [n, d]; approximate for compressed codecs)."""
+    if labels.size == 0:
+        return np.empty((0, index.d), dtype=np.float32)
+    return index.reconstruct_batch(np.ascontiguousarray(labels, dtype=np.int64))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from index import METRICS, VectorIndex
+from index import METRICS, Tuning, VectorIndex
 from _index_helpers import assert_topk_equal, reference_knn
 
 pytestmark = pytest.mark.unit
@@ -84,14 +84,13 @@ def test_duplicate_ids_in_one_call_last_wins(rng, factory):
     assert (i[0, 2:] == -1).all()
 
 
-def test_remove_contains_ids(rng):
+def test_remove_ids(rng):
     x = rng.standard_normal((100, D)).astype(np.float32)
     ids = np.arange(0, 300, 3)
     vi = VectorIndex(D, "cosine")
     vi.upsert(ids, x)
-    assert 3 in vi and np.int64(6) in vi and 4 not in vi and "3" not in vi
     assert vi.remove(np.array([3, 4, 6, 6, 10**12, -1])) == 2
-    assert 3 not in vi and len(vi) == 98
+    assert 3 not in vi.ids() and len(vi) == 98
     assert vi.remove([3]) == 0
     np.testing.assert_array_equal(vi.ids(), np.setdiff1d(ids, [3, 6]))
     _, got = vi.search(x, 100)
@@ -124,8 +123,9 @@ def test_ids_sorted_after_random_upserts(rng):
         (lambda vi: vi.search(np.full((1, D), np.nan), 3), "NaN"),
         (lambda vi: vi.search(np.ones((1, D)), 0), "k must be"),
         (lambda vi: vi.search(np.ones((1, D)), 2.5), "k must be"),
-        (lambda vi: vi.search(np.ones((1, D)), 2, allowed_ids=np.ones((2, 2), int)), "allowed_ids"),
-        (lambda vi: vi.search(np.ones((1, D)), 2, allowed_ids=[0.5]), "allowed_ids"),
+        (lambda vi: vi.search(np.ones((1, D)), 2, allowed=np.ones((2, 2), int)), "allowed"),
+        (lambda vi: vi.search(np.ones((1, D)), 2, allowed=[0.5]), "allowed"),
+        (lambda vi: vi.prepare_allowed([-1.5]), "allowed"),
     ],
 )
 def test_invalid_inputs_raise_value_error(call, match):
@@ -148,9 +148,7 @@ def test_invalid_inputs_raise_value_error(call, match):
         ((32, "l2", "IVF16,PQ16x4fs"), "fast-scan"),
         ((32, "hamming", "Flat"), "metric"),
         ((0, "l2", "Flat"), "dimension"),
-        ((32, "l2", "Flat", {"nprobe": 4}), "not an IVF"),
-        ((32, "l2", "Flat", {"ef_search": 4}), "not an HNSW"),
-        ((32, "l2", "HNSW32", {"ef_search": 0}), "ef_search"),
+        ((32, "l2", "HNSW32", {"tuning": {"ef_search": 1}}), "index.Tuning"),
     ],
 )
 def test_invalid_construction_raises_value_error(args, match):
@@ -159,12 +157,42 @@ def test_invalid_construction_raises_value_error(args, match):
         VectorIndex(*args[:3], **kwargs)
 
 
+@pytest.mark.parametrize(
+    "knobs,match",
+    [
+        ({"ef_search": 0}, "ef_search"),
+        ({"ef_construction": 2.5}, "ef_construction"),
+        ({"nprobe": -1}, "nprobe"),
+        ({"min_train_size": True}, "min_train_size"),
+        ({"compact_threshold": float("nan")}, "compact_threshold"),
+        ({"exact_search_min_ids": -1}, "exact_search_min_ids"),
+        ({"exact_search_fraction": "0.2"}, "exact_search_fraction"),
+    ],
+)
+def test_invalid_tuning_raises_value_error(knobs, match):
+    with pytest.raises(ValueError, match=match):
+        Tuning(**knobs)
+
+
+def test_one_tuning_serves_every_index_type():
+    """The service builds one Tuning from its settings for all its collections: a knob that does not
+    apply to an index type is ignored by it, the rest are in force."""
+    tuning = Tuning(ef_search=40, ef_construction=60, nprobe=4)
+    hnsw = VectorIndex(32, "l2", "HNSW32", tuning=tuning).stats()
+    ivf = VectorIndex(32, "l2", "IVF16,Flat", tuning=tuning).stats()
+    flat = VectorIndex(32, "l2", "Flat", tuning=tuning).stats()
+    assert (hnsw["ef_search"], hnsw["ef_construction"], hnsw["nprobe"]) == (40, 60, None)
+    assert (ivf["ef_search"], ivf["ef_construction"], ivf["nprobe"]) == (None, None, 4)
+    assert (flat["ef_search"], flat["ef_construction"], flat["nprobe"]) == (None, None, None)
+    assert VectorIndex(32, "l2", "IVF16,Flat", tuning=Tuning(nprobe=1000)).stats()["nprobe"] == 16  # <= nlist
+
+
 def test_use_gpu_true_without_gpu_is_an_error():
     with pytest.raises(ValueError, match="GPU"):
         VectorIndex(8, "l2", "Flat", use_gpu=True)
     with pytest.raises(ValueError, match="GPU"):
         VectorIndex(8, "l2", "HNSW32", use_gpu=True)
-    assert not VectorIndex(8, "l2", "Flat").uses_gpu  # auto: no GPU here
+    assert not VectorIndex(8, "l2", "Flat").stats()["gpu"]  # auto: no GPU here
 
 
 def test_get_vectors_unknown_id_raises():
@@ -192,10 +220,10 @@ def test_concurrent_searches_agree(rng):
     vi.remove(np.arange(0, 2000, 9))  # tombstones: bitmap selector shared by all searches
     q = rng.standard_normal((8, D)).astype(np.float32)
     allowed = np.arange(1, 2000, 3)
-    expected = [vi.search(q, 10), vi.search(q, 10, allowed_ids=allowed)]
+    expected = [vi.search(q, 10), vi.search(q, 10, allowed=allowed)]
 
     def work(i):
-        return vi.search(q, 10) if i % 2 == 0 else vi.search(q, 10, allowed_ids=allowed)
+        return vi.search(q, 10) if i % 2 == 0 else vi.search(q, 10, allowed=allowed)
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(work, range(40)))

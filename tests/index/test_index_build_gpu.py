@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import index.gpu as gpu_mod
-from index import VectorIndex, build, build_from_chunks
+from index import Tuning, VectorIndex, build, build_from_chunks
 from _index_helpers import assert_topk_equal, reference_knn
 
 pytestmark = pytest.mark.unit
@@ -27,7 +27,7 @@ def test_build_trains_up_front_on_a_sample(rng, caplog):
     x = rng.standard_normal((3000, D)).astype(np.float32)
     ids = rng.permutation(10**6)[:3000].astype(np.int64)
     vi = build(D, "l2", "IVF32,Flat", ids, x, progress=False, chunk_size=500, train_sample_size=1500)
-    assert vi.is_trained and len(vi) == 3000 and vi.stats()["stored"] == 3000
+    assert vi.stats()["is_trained"] and len(vi) == 3000 and vi.stats()["stored"] == 3000
     q = rng.standard_normal((5, D)).astype(np.float32)
     assert_topk_equal(*vi.search(q, 10, nprobe=32), *reference_knn(ids, x, q, 10, "l2"))
 
@@ -36,11 +36,11 @@ def test_build_small_untrained_and_from_chunks(rng):
     x = rng.standard_normal((300, D)).astype(np.float32)
     ids = np.arange(300, dtype=np.int64)
     vi = build(D, "dot", "IVF32,Flat", ids, x, progress=False)
-    assert not vi.is_trained and len(vi) == 300
+    assert not vi.stats()["is_trained"] and len(vi) == 300
     chunks = [(ids[a : a + 100], x[a : a + 100]) for a in range(0, 300, 100)]
     chunks.append((ids[:10], x[10:20]))  # a later chunk repeats ids: it replaces them
-    vi2 = build_from_chunks(D, "dot", "HNSW32", iter(chunks), total=310, progress=False, ef_search=64)
-    assert len(vi2) == 300 and vi2.ef_search == 64
+    vi2 = build_from_chunks(D, "dot", "HNSW32", iter(chunks), total=310, progress=False, tuning=Tuning(ef_search=64))
+    assert len(vi2) == 300 and vi2.stats()["ef_search"] == 64
     np.testing.assert_allclose(vi2.get_vectors(ids[:10]), x[10:20])
     with pytest.raises(ValueError, match="ids but"):
         build(D, "l2", "Flat", ids, x[:10], progress=False)
@@ -67,10 +67,10 @@ def test_gpu_clone_is_used_and_kept_in_sync(rng, fake_gpu, factory):
     x = rng.standard_normal((1000, D)).astype(np.float32)
     ids = np.arange(1000, dtype=np.int64) * 2
     vi = VectorIndex(D, "l2", factory)
-    assert vi.uses_gpu
+    assert vi.stats()["gpu"]
     vi.upsert(ids, x)
     q = rng.standard_normal((5, D)).astype(np.float32)
-    kw = {"nprobe": 16} if vi.nprobe else {}
+    kw = {"nprobe": 16} if vi.stats()["nprobe"] else {}
     assert_topk_equal(*vi.search(q, 10, **kw), *reference_knn(ids, x, q, 10, "l2"))
     assert len(fake_gpu) == 1
     vi.search(q, 3)
@@ -81,15 +81,15 @@ def test_gpu_clone_is_used_and_kept_in_sync(rng, fake_gpu, factory):
     assert vi.search(q[:1], 1)[1][0, 0] != 10**9
     assert len(fake_gpu) == 2
     # filtered searches run on the CPU index (GPU indexes ignore IDSelectors)
-    s, i = vi.search(q, 5, allowed_ids=ids[:50])
+    s, i = vi.search(q, 5, allowed=ids[:50])
     assert np.isin(i, ids[:50]).all()
     assert len(fake_gpu) == 2
 
 
 def test_gpu_not_used_for_hnsw_or_when_disabled(rng, fake_gpu):
-    assert not VectorIndex(D, "l2", "HNSW32").uses_gpu
-    assert not VectorIndex(D, "l2", "Flat", use_gpu=False).uses_gpu
-    assert VectorIndex(D, "l2", "IVF16,Flat", use_gpu=True).uses_gpu
+    assert not VectorIndex(D, "l2", "HNSW32").stats()["gpu"]
+    assert not VectorIndex(D, "l2", "Flat", use_gpu=False).stats()["gpu"]
+    assert VectorIndex(D, "l2", "IVF16,Flat", use_gpu=True).stats()["gpu"]
 
 
 def test_gpu_failure_falls_back_to_cpu(rng, monkeypatch):
@@ -104,4 +104,4 @@ def test_gpu_failure_falls_back_to_cpu(rng, monkeypatch):
     vi.upsert(np.arange(50), x)
     s, i = vi.search(x[:3], 1)
     np.testing.assert_array_equal(i[:, 0], [0, 1, 2])
-    assert not vi.uses_gpu
+    assert not vi.stats()["gpu"]

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 
-from index import VectorIndex
+from dataclasses import replace
+
+from index import Tuning, VectorIndex
 from _index_helpers import assert_topk_equal, recall_at_k, reference_knn
 
 pytestmark = pytest.mark.unit
@@ -28,8 +30,8 @@ def test_small_allowed_set_is_exact(rng, factory, metric, monkeypatch):
     sel = rng.choice(len(ids), 60, replace=False)
     q = rng.standard_normal((15, D)).astype(np.float32)
     if factory != "Flat":  # approximate indexes must not be asked: brute force over the 60 vectors
-        monkeypatch.setattr(vi._main, "search", None)
-    s, i = vi.search(q, 10, allowed_ids=ids[sel])
+        monkeypatch.setattr(vi._store.index, "search", None)
+    s, i = vi.search(q, 10, allowed=ids[sel])
     assert np.isin(i, ids[sel]).all()
     assert_topk_equal(s, i, *reference_knn(ids[sel], x[sel], q, 10, metric))
 
@@ -37,16 +39,16 @@ def test_small_allowed_set_is_exact(rng, factory, metric, monkeypatch):
 @pytest.mark.parametrize("factory", LOSSLESS)
 def test_large_allowed_set_uses_the_index(rng, factory, monkeypatch):
     vi, ids, x = _index(rng, factory, "l2")
-    vi.exact_search_min_ids = 1000  # default 4096 would cover this small test index
+    vi.tuning = Tuning(exact_search_min_ids=1000)  # default 4096 would cover this small test index
     sel = np.flatnonzero(rng.random(len(ids)) < 0.6)  # above every exact-search threshold
-    assert sel.size > vi.exact_search_fraction * len(vi) and sel.size > vi.exact_search_min_ids
+    assert sel.size > vi.tuning.exact_search_fraction * len(vi) and sel.size > vi.tuning.exact_search_min_ids
 
     def no_brute_force(*args, **kwargs):
         raise AssertionError("brute force used for a large allowed set")
 
     monkeypatch.setattr(VectorIndex, "_search_exact", no_brute_force)
     q = rng.standard_normal((30, D)).astype(np.float32)
-    s, i = vi.search(q, 10, allowed_ids=ids[sel])
+    s, i = vi.search(q, 10, allowed=ids[sel])
     assert (i >= 0).all() and np.isin(i, ids[sel]).all()
     ref = reference_knn(ids[sel], x[sel], q, 10, "l2")
     if factory == "Flat":
@@ -59,11 +61,10 @@ def test_large_allowed_set_uses_the_index(rng, factory, monkeypatch):
 def test_index_path_with_selector_when_exact_disabled(rng, factory):
     """Force the FAISS IDSelector path even for a 5% filter: still k results, all allowed."""
     vi, ids, x = _index(rng, factory, "cosine")
-    vi.exact_search_min_ids = 0
-    vi.exact_search_fraction = 0.0
+    vi.tuning = Tuning(exact_search_min_ids=0, exact_search_fraction=0.0)
     sel = rng.choice(len(ids), 150, replace=False)
     q = rng.standard_normal((30, D)).astype(np.float32)
-    s, i = vi.search(q, 10, allowed_ids=ids[sel])
+    s, i = vi.search(q, 10, allowed=ids[sel])
     assert (i >= 0).all() and np.isin(i, ids[sel]).all()
     assert recall_at_k(i, reference_knn(ids[sel], x[sel], q, 10, "cosine")[1]) >= 0.9
 
@@ -72,33 +73,33 @@ def test_allowed_ids_unknown_removed_and_fewer_than_k(rng):
     vi, ids, x = _index(rng, "HNSW32", "l2", n=500)
     vi.remove(ids[:3])
     allowed = np.r_[ids[:3], ids[3:7], 10**15, ids[5]]  # 3 removed, 4 live, 1 unknown, 1 duplicate
-    s, i = vi.search(x[:2], 6, allowed_ids=allowed)
+    s, i = vi.search(x[:2], 6, allowed=allowed)
     assert (np.sort(i[:, :4], axis=1) == np.sort(ids[3:7])).all()
     assert (i[:, 4:] == -1).all() and np.isinf(s[:, 4:]).all()
     assert_topk_equal(s, i, *reference_knn(ids[3:7], x[3:7], x[:2], 6, "l2"))
-    s, i = vi.search(x[:2], 3, allowed_ids=np.array([], dtype=np.int64))
+    s, i = vi.search(x[:2], 3, allowed=np.array([], dtype=np.int64))
     assert (i == -1).all()
 
 
 def test_filter_on_tombstoned_hnsw(rng):
     vi, ids, x = _index(rng, "HNSW32", "dot", n=2000)
-    vi.compact_threshold = 1.0
+    vi.tuning = Tuning(compact_threshold=1.0)
     vi.remove(ids[::2])  # 50% tombstones
     sel = np.arange(1, 2000, 2)[:800]  # 800 live, allowed
     q = rng.standard_normal((20, D)).astype(np.float32)
     for min_ids in (4096, 0):  # exact path, then the HNSW selector path (bitmap & live)
-        vi.exact_search_min_ids = min_ids
-        s, i = vi.search(q, 10, allowed_ids=np.r_[ids[sel], ids[::2][:50]])
+        vi.tuning = replace(vi.tuning, exact_search_min_ids=min_ids)
+        s, i = vi.search(q, 10, allowed=np.r_[ids[sel], ids[::2][:50]])
         assert (i >= 0).all() and np.isin(i, ids[sel]).all()
         assert recall_at_k(i, reference_knn(ids[sel], x[sel], q, 10, "dot")[1]) >= 0.95
 
 
 def test_filtered_untrained_ivf_is_exact(rng):
     vi, ids, x = _index(rng, "IVF64,Flat", "cosine", n=1000)
-    assert not vi.is_trained
+    assert not vi.stats()["is_trained"]
     sel = rng.choice(1000, 500, replace=False)
     q = rng.standard_normal((10, D)).astype(np.float32)
-    assert_topk_equal(*vi.search(q, 10, allowed_ids=ids[sel]), *reference_knn(ids[sel], x[sel], q, 10, "cosine"))
+    assert_topk_equal(*vi.search(q, 10, allowed=ids[sel]), *reference_knn(ids[sel], x[sel], q, 10, "cosine"))
 
 
 def test_ties_are_ordered_by_id():
@@ -108,12 +109,12 @@ def test_ties_are_ordered_by_id():
     vi.upsert([5], [[0, 1, 0, 0]])
     s, i = vi.search(v, 3)
     np.testing.assert_array_equal(i[0], [10, 20, 30])
-    s, i = vi.search(v, 3, allowed_ids=[50, 40, 5, 30])
+    s, i = vi.search(v, 3, allowed=[50, 40, 5, 30])
     np.testing.assert_array_equal(i[0], [30, 40, 50])
     hn = VectorIndex(4, "l2", "HNSW32")
     hn.upsert([50, 10, 30, 20, 40], np.repeat(v, 5, axis=0))
     np.testing.assert_array_equal(hn.search(v, 5)[1][0], [10, 20, 30, 40, 50])
-    np.testing.assert_array_equal(hn.search(v, 2, allowed_ids=[40, 50, 30])[1][0], [30, 40])
+    np.testing.assert_array_equal(hn.search(v, 2, allowed=[40, 50, 30])[1][0], [30, 40])
 
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF16,Flat", "IVF16,PQ4"])
@@ -121,8 +122,8 @@ def test_a_prepared_allowed_set_answers_like_the_array_and_survives_writes(rng, 
     """prepare_allowed() does the per-query work once; after any write it is stale, and search
     prepares it again instead of using labels that no longer hold."""
     vi, ids, x = _index(rng, factory, "l2")
-    vi.exact_search_min_ids = 0
-    vi.exact_search_max_ids = 0  # the FAISS selector path, where preparing costs the most
+    # the FAISS selector path, where preparing costs the most
+    vi.tuning = Tuning(exact_search_min_ids=0, exact_search_max_ids=0)
     allowed = ids[rng.random(len(ids)) < 0.5]
     prepared = vi.prepare_allowed(allowed)
     q = rng.standard_normal((20, D)).astype(np.float32)
@@ -142,7 +143,7 @@ def test_a_prepared_allowed_set_answers_like_the_array_and_survives_writes(rng, 
 def test_a_prepared_set_keeps_its_gathered_vectors_until_the_index_changes(rng, factory, monkeypatch):
     """Exact searches over a prepared set gather its vectors once; a write that moves them makes the
     set stale, so the next search sees the new vectors, never the kept copy."""
-    import index.vector_index as vector_index
+    import index.allowed as allowed_module
 
     vi, ids, x = _index(rng, factory, "cosine")
     sel = rng.choice(len(ids), 200, replace=False)
@@ -152,7 +153,7 @@ def test_a_prepared_set_keeps_its_gathered_vectors_until_the_index_changes(rng, 
     assert_topk_equal(*vi.search(q, 10, prepared), *expected)
     assert prepared.gathered() is not None
     gathers = []
-    monkeypatch.setattr(vi, "_reconstruct", lambda store, labels: gathers.append(labels) or None)
+    monkeypatch.setattr(vi._store, "gather", lambda labels: gathers.append(labels) or None)
     assert_topk_equal(*vi.search(q, 10, prepared), *expected)
     assert not gathers  # the second search gathered nothing
     monkeypatch.undo()
@@ -161,7 +162,7 @@ def test_a_prepared_set_keeps_its_gathered_vectors_until_the_index_changes(rng, 
     vi.upsert(ids[sel], moved)  # same ids, new vectors
     assert_topk_equal(*vi.search(q, 10, prepared), *reference_knn(ids[sel], moved, q, 10, "cosine"))
 
-    monkeypatch.setattr(vector_index, "GATHERED_MAX_BYTES", 100 * D * 4)  # 200 vectors no longer fit
+    monkeypatch.setattr(allowed_module, "GATHERED_MAX_BYTES", 100 * D * 4)  # 200 vectors no longer fit
     big = vi.prepare_allowed(ids[sel])
     assert_topk_equal(*vi.search(q, 10, big), *reference_knn(ids[sel], moved, q, 10, "cosine"))
     assert big.gathered() is None

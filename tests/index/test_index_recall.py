@@ -7,7 +7,7 @@ from faiss.contrib.exhaustive_search import knn_ground_truth
 
 import faiss
 
-from index import VectorIndex, build
+from index import Tuning, VectorIndex, build
 from _index_helpers import clustered
 
 pytestmark = pytest.mark.unit
@@ -45,11 +45,11 @@ def test_hnsw_recall_filtered_10_percent(hnsw_setup, force_index_path):
     keep = np.sort(np.random.default_rng(3).choice(N, N // 10, replace=False))
     gt = ids[keep][_ground_truth(x[keep], q)]
     if force_index_path:  # the HNSW + IDSelectorBitmap path instead of brute force
-        vi.exact_search_min_ids, vi.exact_search_fraction = 0, 0.0
+        vi.tuning = Tuning(exact_search_min_ids=0, exact_search_fraction=0.0)
     try:
-        _, got = vi.search(q, K, allowed_ids=ids[keep])
+        _, got = vi.search(q, K, allowed=ids[keep])
     finally:
-        vi.exact_search_min_ids, vi.exact_search_fraction = 4096, 0.2
+        vi.tuning = Tuning()
     assert np.isin(got, ids[keep]).all() and (got >= 0).all()
     recall = knn_intersection_measure(got, gt)
     assert recall >= 0.95, recall
@@ -59,7 +59,7 @@ def test_hnsw_recall_filtered_10_percent(hnsw_setup, force_index_path):
 
 def test_hnsw_recall_with_tombstones(hnsw_setup):
     vi, ids, x, q = hnsw_setup
-    vi.compact_threshold = 1.0
+    vi.tuning = Tuning(compact_threshold=1.0)
     removed = np.arange(0, N, 7)
     try:
         vi.remove(ids[removed])
@@ -69,8 +69,8 @@ def test_hnsw_recall_with_tombstones(hnsw_setup):
         assert not np.isin(got, ids[removed]).any()
         assert knn_intersection_measure(got, gt) >= 0.95
     finally:
+        vi.tuning = Tuning()
         vi.upsert(ids[removed], x[removed])
-        vi.compact_threshold = 0.2
 
 
 def test_ivf_default_nprobe_recall_on_clustered_data():
@@ -79,7 +79,7 @@ def test_ivf_default_nprobe_recall_on_clustered_data():
     q = x[rng.integers(0, len(x), NQ)] + 0.1 * rng.standard_normal((NQ, 32)).astype(np.float32)
     ids = np.arange(len(x), dtype=np.int64)
     vi = build(32, "l2", "IVF256,Flat", ids, x, progress=False)
-    assert vi.is_trained and vi.nprobe == 16
+    assert vi.stats()["is_trained"] and vi.stats()["nprobe"] == 16
     gt = _ground_truth(x, q)
     recall = knn_intersection_measure(vi.search(q, K)[1], gt)
     assert recall >= 0.9, recall
