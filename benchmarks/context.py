@@ -40,6 +40,8 @@ class Profile:
     search_queries: int  # distinct query vectors (recall is averaged over them)
     embed_seconds: float  # embeddings: stop sending new requests in a case after this long...
     search_seconds: float  # ...and in a search case (each concurrent worker still sends at least one)
+    stall_size: int  # stall: vectors in the collection searched while snapshots run...
+    stall_seconds: float  # ...for this long without writes, and as long with them
 
     @classmethod
     def make(cls, quick: bool, sizes: list[int] | None, gpu: bool,
@@ -50,7 +52,7 @@ class Profile:
                 baseline_seconds=0.5, baseline_max_batch=64,
                 sizes=sizes or [10_000], batch100_docs=1000, text_batches=1, text_tokens=32, indexes=list(indexes),
                 search_concurrency=[1, 16], search_requests={1: 60, 16: 160}, search_queries=160,
-                embed_seconds=10, search_seconds=4,
+                embed_seconds=10, search_seconds=4, stall_size=(sizes or [10_000])[0], stall_seconds=4,
             )
         return cls(
             quick=False, lengths=["short", "medium", "long"], concurrency=[1, 4, 16, 64],
@@ -59,7 +61,7 @@ class Profile:
             sizes=sizes or [100_000, 1_000_000], batch100_docs=5000, text_batches=3, text_tokens=32,
             indexes=list(indexes),
             search_concurrency=[1, 16], search_requests={1: 200, 16: 800}, search_queries=800,
-            embed_seconds=30, search_seconds=20,
+            embed_seconds=30, search_seconds=20, stall_size=150_000, stall_seconds=30,
         )
 
 

@@ -111,7 +111,7 @@ def server_settings(env: dict[str, str]) -> dict:
     out = {name: getattr(settings, name) for name in settings.__struct_fields__ if name != "api_key"}
     out = {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
     if not settings.batch_tokens:
-        from service.encoder.loader import default_batch_tokens, pick_device
+        from service.engine.loader import default_batch_tokens, pick_device
 
         device = pick_device(settings.device)
         out["batch_tokens"] = f"{default_batch_tokens(device)} (default for {device.type})"

@@ -1,6 +1,6 @@
 """The in-process baseline of the embeddings: the server's own forward-pass code, called directly.
 
-It loads the model with ``service.encoder.loader.load`` and runs ``Encoder.encode`` -- exactly what
+It loads the model with ``service.engine.loader.load`` and runs ``Encoder.encode`` -- exactly what
 the server's batcher calls -- on the same device and dtype the server picks, so the only thing the
 service adds on top is its own work: HTTP, JSON, tokenising, queueing and batching.
 """
@@ -17,9 +17,9 @@ from tqdm import tqdm
 class InProcessModel:
     def __init__(self, name: str, models_file: str | None, models_dir: Path, device: str = "auto",
                  dtype: str = "auto") -> None:
-        from service.encoder.encoder import Encoder
-        from service.encoder.loader import default_batch_tokens, load, pick_device, pick_dtype
-        from service.encoder.registry import Registry
+        from service.engine.encoder import Encoder
+        from service.engine.loader import default_batch_tokens, load, pick_device, pick_dtype
+        from service.engine.registry import Registry
 
         spec = Registry.load(models_file or None).get(name)
         if spec is None:

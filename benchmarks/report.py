@@ -220,7 +220,7 @@ def markdown(results: dict, plots: list[str]) -> str:
                         [[t["name"], _n(t["value"]), t["target"], _n(t["met"])] for t in emb["targets"]])
 
     for name, render in (("embeddings", _embeddings_md), ("upsert", _upsert_md), ("search", _search_md),
-                         ("peers", _peers_md)):
+                         ("stall", _stall_md), ("peers", _peers_md)):
         suite = suites.get(name)
         if suite is None:
             continue
@@ -288,6 +288,18 @@ def _search_md(s: dict) -> list[str]:
           _n(c["service"]["p50_ms"]), _n(c["service"]["p99_ms"]), f"{c['service']['recall_at_10']:.3f}",
           _n(c["baseline"]["qps"]), _n(c["baseline"]["p50_ms"]), f"{c['baseline']['recall_at_10']:.3f}",
           _pct(c["ratio"]["qps"])] for c in s["cases"]])
+    return lines
+
+
+def _stall_md(s: dict) -> list[str]:
+    t = s["target"]
+    lines = [f"A {s['index']} collection of {s['size']:,} vectors ({s['dimension']}-d) searched by {s['clients']} "
+             f"clients for {s['seconds_per_phase']:g} s, first alone, then with one upsert every 0.5 s (each "
+             "leaves the index to snapshot). Snapshots counted from /metrics.", ""]
+    lines += _table(["phase", "searches", "QPS", "p50 ms", "p99 ms", "max ms", "writes", "snapshots"],
+                    [[label, p["requests"], _n(p["qps"]), _n(p["p50_ms"]), _n(p["p99_ms"]), _n(p["max_ms"]),
+                      p["writes"], p["snapshots"]] for label, p in s["phases"].items()])
+    lines += [f"{t['name']}: **{_n(t['value'])}x** (target {t['target']}: {'met' if t['met'] else 'not met'}).", ""]
     return lines
 
 

@@ -66,6 +66,14 @@ def poll_ready(url: str, ready: Callable[[httpx.Response], bool], timeout: float
         time.sleep(0.1)
 
 
+def server_environment(settings: dict[str, str]) -> dict[str, str]:
+    """The caller's environment without its ``EMBEDSEARCH_*`` settings, plus ``settings``: a throw-away server
+    (a benchmark's, a test's) sees only the settings it is given, so that an exported
+    EMBEDSEARCH_DATABASE_URL (say) never points it at a real database."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSEARCH_")}
+    return {**clean, **settings, "PYTHONUNBUFFERED": "1"}
+
+
 class Process:
     """A server subprocess with its output appended to ``log_path``; stopped with SIGTERM (SIGKILL after
     ``grace`` seconds); on Linux it gets SIGTERM if its parent dies, so no server outlives a killed run."""
@@ -156,14 +164,8 @@ class ServerProcess(Target):
         self.log_path = log_path
         self.env = {"EMBEDSEARCH_API_KEY": self.api_key, "EMBEDSEARCH_HOST": "127.0.0.1", **env}
         self.started_here = True
-        # Only the benchmark's settings: an EMBEDSEARCH_DATABASE_URL (say) in the caller's environment
-        # must not point the throw-away server at a real database.
-        self.process = Process(
-            [*SERVE, "--port", str(self.port), "--data-dir", str(data_dir)], log_path,
-            env={**{k: v for k, v in os.environ.items() if not k.startswith("EMBEDSEARCH_")}, **self.env,
-                 "PYTHONUNBUFFERED": "1"},
-            cwd=ROOT,
-        )
+        self.process = Process([*SERVE, "--port", str(self.port), "--data-dir", str(data_dir)], log_path,
+                               env=server_environment(self.env), cwd=ROOT)
 
     def start(self) -> "ServerProcess":
         self.data_dir.mkdir(parents=True, exist_ok=True)

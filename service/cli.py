@@ -48,7 +48,7 @@ def serve(args: argparse.Namespace) -> None:
 
     import uvicorn
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
@@ -66,16 +66,18 @@ def migrate_cmd(args: argparse.Namespace) -> None:
 
 
 def keys_create(args: argparse.Namespace) -> None:
-    from service.store.keys import KeyStore, ReservedTenant
+    from service.store.keys import ADMIN_TENANT, KeyStore, ReservedTenant
 
+    tenant = ADMIN_TENANT if args.admin and args.tenant is None else args.tenant
     engine = _engine(_settings(args))
     try:
-        key = KeyStore(engine).create(args.tenant, admin=args.admin)
+        key = KeyStore(engine).create(tenant, admin=args.admin)
     except ReservedTenant as exc:
         raise SystemExit(f"error: {exc}") from None
     finally:
         engine.dispose()
-    print(f"API key for tenant {args.tenant!r} (shown once; only its hash is stored):")
+    print(f"{'Admin key' if args.admin else 'API key for tenant ' + repr(tenant)} (shown once; only its hash is "
+          "stored):")
     print(key)
 
 
@@ -123,8 +125,9 @@ def main(argv: list[str] | None = None) -> None:
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     p = with_data_dir(keys.add_parser("create", help="create an API key for a tenant and print it"))
-    p.add_argument("--tenant", required=True, help="tenant name (1-64 characters)")
-    p.add_argument("--admin", action="store_true", help="make an admin key")
+    p.add_argument("--tenant", help="tenant name (1-64 characters)")
+    p.add_argument("--admin", action="store_true",
+                   help="make an admin key (tenant admin): it may issue, list and revoke keys at /v1/keys")
     p.set_defaults(func=keys_create)
 
     p = with_data_dir(commands.add_parser("snapshot", help="back up one collection (works while the server runs)"))
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=restore_cmd)
 
     args = parser.parse_args(argv)
-    if hasattr(args, "tenant") and not 1 <= len(args.tenant) <= 64:
+    if getattr(args, "keys_command", None) == "create" and args.tenant is None and not args.admin:
+        parser.error("give --tenant NAME (or --admin)")
+    if getattr(args, "tenant", None) is not None and not 1 <= len(args.tenant) <= 64:
         parser.error("--tenant must be 1 to 64 characters")
     args.func(args)

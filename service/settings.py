@@ -44,6 +44,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_request_tokens: Annotated[int, msgspec.Meta(ge=1)] = 300_000
     max_body_bytes: int = 32 * 1024 * 1024
     truncate: bool = False  # default for requests that do not say; over-long inputs are cut instead of refused
+    # Every request into the engine (an embedding, an index lock) waits at most this long: then a 503.
+    engine_deadline_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    # Index tuning (not stored in snapshots: a change applies to every index at the next start).
+    hnsw_ef_search: Annotated[int, msgspec.Meta(ge=1)] = 128
+    hnsw_ef_construction: Annotated[int, msgspec.Meta(ge=1)] = 128
+    ivf_nprobe: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: about sqrt(lists)
     # Seconds between FAISS index snapshots (writes are durable in SQL at once; snapshots shorten replay);
     # a collection whose last snapshot took T seconds waits at least 10 T.
     snapshot_seconds: float = 10.0

@@ -77,7 +77,7 @@ async def app_client(settings: Settings) -> AsyncIterator:
     """An in-process client of a fully started app (lifespan run, models loaded), with the admin key."""
     from litestar.testing import AsyncTestClient
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     async with AsyncTestClient(create_app(settings), base_url="http://testserver.local") as client:
         await wait_ready(client)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from benchmarks.server import ROOT, SERVE, Process, free_port, service_ready
+from benchmarks.server import ROOT, SERVE, Process, free_port, server_environment, service_ready
 
 __all__ = ["ROOT", "ServerProcess"]
 
 
 class ServerProcess(Process):
-    """The caller's environment plus ``env``; the log beside ``data_dir``; ready once /health says so."""
+    """The caller's environment, less its ``EMBEDSEARCH_*`` settings, plus ``env``; the log beside ``data_dir``;
+    ready once /health says so."""
 
     def __init__(self, data_dir: Path, env: dict[str, str], port: int | None = None) -> None:
         self.data_dir = data_dir
@@ -19,7 +19,7 @@ class ServerProcess(Process):
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__([*SERVE, "--port", str(self.port), "--data-dir", str(data_dir)],
                          data_dir.parent / f"server-{self.port}.log",
-                         env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, cwd=ROOT)
+                         env=server_environment(env), cwd=ROOT)
 
     def start(self, timeout: float = 300.0) -> "ServerProcess":
         super().start()

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from service.encoder.batcher import Batcher
-from service.encoder.encoder import Encoder
-from service.encoder.loader import load
-from service.encoder.registry import Registry
+from service.engine.batcher import Batcher
+from service.engine.encoder import Encoder
+from service.engine.loader import load
+from service.engine.registry import Registry
 from service.errors import Unavailable
 from tests.tiny_model import WORDS
 
@@ -92,8 +92,8 @@ async def test_full_queue_refuses_at_once_with_retry_after():
         await asyncio.sleep(0)  # queued, the worker still waiting for the batch to fill
         with pytest.raises(Unavailable) as refused:
             await batcher.embed([[1]])
-        assert refused.value.status_code == 503
-        assert refused.value.headers["Retry-After"] == "1"
+        assert refused.value.code == "overloaded"
+        assert refused.value.retry_after == 1
         assert (await first).shape == (4, 2)
         assert (await batcher.embed([[1]])).shape == (1, 2)  # accepted again once drained
     finally:

@@ -77,6 +77,10 @@ def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path: Path):
     assert {c["filter"] == "none" for c in search["cases"]} == {True, False}
     assert all(0 < c["service"]["recall_at_10"] <= 1 for c in search["cases"])
     assert search["curves"]
+    stall = results["suites"]["stall"]
+    assert stall["status"] == "ok" and stall["target"]["value"] > 0
+    alone, trickled = stall["phases"].values()
+    assert alone["requests"] > 0 and trickled["requests"] > 0 and alone["writes"] == 0 < trickled["writes"]
 
     numbers = list(figures({name: results["suites"][name] for name in SUITES}))
     assert len(numbers) > 100
@@ -84,7 +88,7 @@ def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path: Path):
     assert not bad, bad
 
     report = (out / "report.md").read_text()
-    for heading in ("## Machine", "## Targets", "## Embeddings", "## Upsert", "## Search", "## Peers"):
+    for heading in ("## Machine", "## Targets", "## Embeddings", "## Upsert", "## Search", "## Stall", "## Peers"):
         assert heading in report
     plots = sorted(out.glob("*.png"))
     assert plots, "no plot written"

@@ -140,25 +140,26 @@ async def test_a_handler_that_reads_no_body_is_not_watched_and_the_servers_cance
 
 
 @pytest.mark.unit
-async def test_a_cancelled_create_or_delete_still_finishes_its_bookkeeping(tmp_path):
-    """A client gone mid-commit cancels the handler: the commit and the in-memory registration after it
-    run to the end together, so a collection never exists in SQL alone, nor lingers after a delete."""
-    from service.api.schemas import CollectionCreate
-    from service.collections import CollectionsService
+async def test_a_cancelled_create_or_delete_still_finishes_its_bookkeeping(settings):
+    """A client gone mid-commit cancels the handler: the commit and the bookkeeping after it (the index made
+    or dropped, the registry) run to the end together, so a collection never exists in SQL alone, nor
+    lingers after a delete."""
+    from service.api.app import build
+    from service.engine.registry import Registry
+    from service.errors import NotFound
     from service.store import migrate
     from service.store.db import make_engine
-    from service.store.documents import DocumentStore
-    from service.store.keys import Principal
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
-    migrate.upgrade(engine)
-    service = CollectionsService(DocumentStore(engine), None, tmp_path, "sqlite")
-    principal = Principal(tenant="t", admin=False, key_id=1)
+    settings.data_dir.mkdir(parents=True)
+    database = make_engine(settings.sqlalchemy_url)
+    migrate.upgrade(database)
+    services = build(settings, Registry.load(settings.models_file), database)
+    collections, store = services.collections, services.collections.store
     loop = asyncio.get_running_loop()
 
     async def cancelled_mid_commit(method: str, call) -> None:
         in_sql, release = asyncio.Event(), asyncio.Event()
-        real = getattr(service.store, method)
+        real = getattr(store, method)
 
         def gated(*args):
             result = real(*args)
@@ -166,20 +167,24 @@ async def test_a_cancelled_create_or_delete_still_finishes_its_bookkeeping(tmp_p
             asyncio.run_coroutine_threadsafe(release.wait(), loop).result(10)
             return result
 
-        setattr(service.store, method, gated)
+        setattr(store, method, gated)
         task = asyncio.ensure_future(call)
         await asyncio.wait_for(in_sql.wait(), 10)
         task.cancel()
         release.set()
         with pytest.raises(asyncio.CancelledError):
             await task
-        setattr(service.store, method, real)
+        setattr(store, method, real)
 
-    await cancelled_mid_commit("create_collection", service.create(principal, CollectionCreate(name="c", dimension=2)))
-    assert ("t", "c") in service._live and service.store.get_collection("t", "c") is not None
-    await cancelled_mid_commit("delete_collection", service.delete(principal, "c"))
-    assert ("t", "c") not in service._live and service.store.get_collection("t", "c") is None
-    engine.dispose()
+    await cancelled_mid_commit("create_collection", collections.create("t", "c", model=None, dimension=2,
+                                                                       metric="cosine", index="Flat"))
+    row = store.get_collection("t", "c")
+    assert services.engine.index_state(row.id) == "ready"  # made with its row, not only on first use
+    await cancelled_mid_commit("delete_collection", collections.delete("t", "c"))
+    assert store.get_collection("t", "c") is None and services.engine.index_state(row.id) is None
+    with pytest.raises(NotFound):
+        await collections.get("t", "c")
+    database.dispose()
 
 
 # -- a real server ------------------------------------------------------------------------------

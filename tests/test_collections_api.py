@@ -388,24 +388,27 @@ async def test_filtered_search_stays_exact_across_writes(client):
 
 
 async def test_periodic_snapshots_are_spaced_by_their_own_duration(client, monkeypatch):
-    """A periodic snapshot that took T seconds is not repeated for 10 T (writes wait while one is
-    written); the snapshot at shutdown is never skipped."""
-    service = client.app.state.services.collections
+    """A periodic snapshot whose file took T seconds to write is not repeated for 10 T (the disk has other
+    work); the snapshot at shutdown is never skipped."""
+    engine = client.app.state.services.engine
     await make(client, "s", dimension=2)
     await upsert(client, "s", [{"id": "a", "vector": [1, 0]}])
-    live = service._live[("admin", "s")]
-    save = live.index.save
+    row = await client.app.state.services.collections.get("admin", "s")
+    live = next(live for live in engine.live_indexes() if live.row.id == row.id)
+    from index import Snapshot
 
-    def slow_save(*args):  # a save as slow as a big index's
+    write = Snapshot.write
+
+    def slow_write(snapshot, path):  # a file as slow to write as a big index's
         time.sleep(0.3)
-        save(*args)
+        write(snapshot, path)
 
-    monkeypatch.setattr(live.index, "save", slow_save)
-    await service.snapshot_all(periodic=True)
+    monkeypatch.setattr(Snapshot, "write", slow_write)
+    await engine.snapshots.save_all(periodic=True)
     assert live.saved_position == live.position
     assert live.next_snapshot - time.monotonic() > 2.0  # at least 10 x 0.3 s, less the time since
     await upsert(client, "s", [{"id": "b", "vector": [0, 1]}])
-    await service.snapshot_all(periodic=True)
-    assert live.saved_position < live.position  # skipped: too soon after a 0.3 s save
-    await service.snapshot_all()
+    await engine.snapshots.save_all(periodic=True)
+    assert live.saved_position < live.position  # skipped: too soon after a 0.3 s write
+    await engine.snapshots.save_all()
     assert live.saved_position == live.position

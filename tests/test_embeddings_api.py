@@ -219,7 +219,7 @@ async def test_tokens_summed_across_a_requests_inputs_are_limited(settings):
 
 
 async def test_the_callers_tenant_is_the_encoders_fairness_key(client, monkeypatch):
-    from service.encoder.batcher import Batcher
+    from service.engine.batcher import Batcher
 
     keys: list[str] = []
     embed_for = Batcher.embed

@@ -1,13 +1,18 @@
-"""FilterCache on its own: answers follow a log of writes, and stale or oversized ones are recomputed."""
+"""AllowedCache on its own, over a real index: answers follow a log of writes, their prepared form follows
+the index, and stale or oversized answers are recomputed."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from service.filter_cache import FilterCache, filter_key
+from index import VectorIndex
+from service.engine.allowed import AllowedCache, filter_key
 
 pytestmark = pytest.mark.unit
+
+DIMENSION = 4
+ANSWER_BYTES = 8 + 16 + 4 * DIMENSION  # what the cache counts per allowed document: seq, label and id, vector
 
 
 class Collection:
@@ -16,16 +21,20 @@ class Collection:
     def __init__(self, cache_args: dict | None = None) -> None:
         self.position = 0
         self.groups: dict[int, int] = {}
-        self.cache = FilterCache(self.position, **(cache_args or {}))
+        self.index = VectorIndex(DIMENSION, "l2", "Flat")
+        self.cache = AllowedCache(self.position, DIMENSION, **(cache_args or {}))
         self.sql_calls: list[int | None] = []
+        self.prepared = 0
 
     def write(self, add: list[int], remove: list[int]) -> None:
         removed = np.array([s for s in remove if s in self.groups], dtype=np.int64)
         for s in removed:
             del self.groups[int(s)]
+        self.index.remove(removed)
         for group in add:
             self.position += 1
             self.groups[self.position] = group
+            self.index.upsert(np.array([self.position]), np.full((1, DIMENSION), group, dtype=np.float32))
         self.position += 0 if add else 1
         self.cache.record(self.position, removed)
 
@@ -34,7 +43,14 @@ class Collection:
             self.sql_calls.append(after)
             return np.array([s for s, g in self.groups.items() if g == group and (after is None or s > after)],
                             dtype=np.int64)
-        return self.cache.allowed(filter_key({"g": group}), self.position, matching)
+
+        def prepare(seqs):
+            self.prepared += 1
+            return self.index.prepare_allowed(seqs)
+
+        allowed = self.cache.allowed(filter_key({"g": group}), self.position, matching, prepare)
+        assert allowed.current
+        return allowed.ids
 
     def truth(self, group: int) -> list[int]:
         return sorted(s for s, g in self.groups.items() if g == group)
@@ -67,8 +83,17 @@ def test_an_answer_older_than_the_write_log_is_recomputed():
     assert c.sql_calls == [None, None]
 
 
-def test_memory_is_bounded_by_filters_and_seqs():
-    c = Collection({"max_filters": 2, "max_seqs": 10})
+def test_a_hit_reuses_the_prepared_set_until_the_index_changes():
+    c = Collection()
+    c.write([1, 1, 2], [])
+    c.allowed(1), c.allowed(1)
+    assert c.prepared == 1
+    c.write([2], [])  # no document of group 1 changes, but the index does: its labels are prepared again
+    assert c.allowed(1).tolist() == [1, 2] and c.prepared == 2
+
+
+def test_memory_is_bounded_by_filters_and_bytes():
+    c = Collection({"max_filters": 2, "max_bytes": 10 * ANSWER_BYTES})
     c.write([g % 4 for g in range(12)], [])
     for g in range(4):
         c.allowed(g)  # 3 seqs each: only the last two filters stay
@@ -77,7 +102,7 @@ def test_memory_is_bounded_by_filters_and_seqs():
     assert len(c.sql_calls) == calls
     c.allowed(0)
     assert len(c.sql_calls) == calls + 1
-    big = Collection({"max_seqs": 2})
+    big = Collection({"max_bytes": 2 * ANSWER_BYTES})
     big.write([0, 0, 0], [])
     big.allowed(0), big.allowed(0)
     assert big.sql_calls == [None, None]  # too big to keep

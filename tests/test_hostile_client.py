@@ -114,7 +114,7 @@ async def test_ids_with_slashes_address_exactly_their_document(client):
 
 
 async def test_search_work_and_answer_size_are_bounded(client, monkeypatch):
-    import service.collections
+    import service.domain.validation
 
     await make(client, "big", dimension=4)
     vectors = np.random.default_rng(0).standard_normal((50, 4))
@@ -123,11 +123,11 @@ async def test_search_work_and_answer_size_are_bounded(client, monkeypatch):
     assert len((await search(client, "big", vectors=ten, top_k=1000))["data"]) == 10  # 10,000 hits: the limit
     assert_error(await client.post("/v1/collections/big/search", json={"vectors": ten + ten[:1], "top_k": 1000}),
                  400, param="top_k")
-    monkeypatch.setattr(service.collections, "MAX_RESPONSE_VALUES", 4 * 40)
+    monkeypatch.setattr(service.domain.validation, "MAX_RESPONSE_VALUES", 4 * 40)
     assert len((await search(client, "big", vector=ten[0], top_k=40, include=["vector"]))["data"]) == 40
     assert_error(await client.post("/v1/collections/big/search",
                                    json={"vector": ten[0], "top_k": 41, "include": ["vector"]}), 400, param="include")
-    monkeypatch.setattr(service.collections, "MAX_RESPONSE_BYTES", 20_100)
+    monkeypatch.setattr(service.domain.validation, "MAX_RESPONSE_BYTES", 20_100)
     response = await client.post("/v1/collections/big/search", json={"vector": ten[0], "top_k": 21})
     assert_error(response, 400, param="top_k", code="response_too_large")
     assert len((await search(client, "big", vector=ten[0], top_k=21, include=["metadata"]))["data"]) == 21
@@ -186,13 +186,14 @@ async def test_index_parameters_are_bounded_and_explained_in_our_words(client, i
 
 
 async def test_a_search_answer_is_built_off_the_event_loop(client, monkeypatch):
-    """256 queries x top_k 1000 used to stall every other request while their hits were shaped on the loop."""
+    """256 queries x top_k 1000 used to stall every other request while their hits were shaped on the loop;
+    an answer of more than a few dozen hits is now shaped and encoded in a worker thread."""
     import asyncio
 
-    import service.collections
+    import service.api.wire
 
     on_loop = []
-    shape = service.collections.CollectionsService._hits
+    shape = service.api.wire.found
 
     def recording(*args, **kwargs):
         try:
@@ -202,8 +203,10 @@ async def test_a_search_answer_is_built_off_the_event_loop(client, monkeypatch):
             on_loop.append(False)
         return shape(*args, **kwargs)
 
-    monkeypatch.setattr(service.collections.CollectionsService, "_hits", staticmethod(recording))
+    monkeypatch.setattr(service.api.wire, "found", recording)
     await make(client, "loop", dimension=2)
-    await upsert(client, "loop", [{"id": "a", "vector": [1, 0]}])
-    await search(client, "loop", vectors=[[1, 0]] * 3)
-    assert on_loop == [False, False, False]
+    await upsert(client, "loop", [{"id": str(i), "vector": [1, i]} for i in range(100)])
+    await search(client, "loop", vectors=[[1, 0]] * 3, top_k=50)
+    await search(client, "loop", vector=[1, 0], top_k=1, include=["vector"])
+    await search(client, "loop", vector=[1, 0], top_k=10)  # small: shaped on the loop, no thread hop
+    assert on_loop == [False, False, True]

@@ -207,7 +207,7 @@ def nested(depth: int, inner: bytes = b"1") -> bytes:
 ])
 async def test_deeply_nested_json_is_a_400_before_decoding(client, route):
     assert (await client.post("/v1/collections", json={"name": "v", "dimension": 2})).status_code == 201
-    from service.limits import MAX_JSON_DEPTH
+    from service.api.limits import MAX_JSON_DEPTH
 
     for depth in (MAX_JSON_DEPTH + 1, 5_000, 1_000_000):
         body = b'{"input": ' + nested(depth - 1) + b', "documents": 1}'

@@ -7,9 +7,9 @@ import json
 import msgspec
 import pytest
 
-from service.encoder.hub import ModelHub
-from service.encoder.registry import ModelSpec, Registry
-from service.errors import ModelNotFound, Unavailable
+from service.engine.models import ModelHub
+from service.engine.registry import ModelSpec, Registry
+from service.errors import NotFound, Unavailable
 
 pytestmark = pytest.mark.unit
 
@@ -22,7 +22,7 @@ async def test_loading_then_ready_and_a_broken_model_is_an_error(settings, model
     assert hub.status == {"tiny": "loading", "broken": "loading"}
     with pytest.raises(Unavailable) as loading:
         hub.get("tiny")
-    assert loading.value.code == "model_loading" and loading.value.headers["Retry-After"] == "5"
+    assert loading.value.code == "model_loading" and loading.value.retry_after == 5
     hub.start()
     await hub.wait_ready()
     try:
@@ -30,8 +30,8 @@ async def test_loading_then_ready_and_a_broken_model_is_an_error(settings, model
         assert hub.get("tiny").encoder.dimension == 64
         with pytest.raises(Unavailable) as broken:
             hub.get("broken")
-        assert broken.value.code == "model_unavailable" and broken.value.status_code == 503
-        with pytest.raises(ModelNotFound):
+        assert broken.value.code == "model_unavailable" and broken.value.retry_after == 60
+        with pytest.raises(NotFound, match="does not exist"):
             hub.get("tiny-last")  # in the registry, not served
     finally:
         await hub.stop()

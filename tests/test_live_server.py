@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,12 @@ def test_llamaindex_openai_like_embedding_works_unchanged(server: ServerProcess)
     batch = embedding.get_text_embedding_batch(["hello world", "red apple"])
     assert len(one) == 64 and len(batch) == 2
     np.testing.assert_allclose(one, batch[0], atol=1e-6)
+
+
+def test_a_test_server_sees_only_the_settings_it_is_given(tmp_path, monkeypatch):
+    """An exported EMBEDSEARCH_DATABASE_URL must not point the kill -9 tests at a real database."""
+    monkeypatch.setenv("EMBEDSEARCH_DATABASE_URL", "postgresql+psycopg://prod/db")
+    monkeypatch.setenv("EMBEDSEARCH_API_KEY", "the operator's")
+    env = ServerProcess(tmp_path / "data", {"EMBEDSEARCH_MODELS": "tiny"}).env
+    assert "EMBEDSEARCH_DATABASE_URL" not in env and "EMBEDSEARCH_API_KEY" not in env
+    assert env["EMBEDSEARCH_MODELS"] == "tiny" and env["PATH"] == os.environ["PATH"]

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine
 
-from service.encoder.batcher import BatcherStats
+from service.engine.batcher import BatcherStats
 from service.observability.logging import JsonFormatter, RequestIdFilter, TextFormatter, request_id, sanitise_request_id
 from service.observability.metrics import Metrics, _BatchSizes
 from tests.conftest import API_KEY
@@ -158,7 +158,7 @@ async def test_metrics_count_routes_by_template_and_expose_no_tenant_data(client
     assert value(samples, "embedsearch_encoder_forward_passes_total", model="tiny-last") == 0
 
     # index sizes, by collection id
-    row_id = client.app.state.services.collections._live[("admin", "acme-secret-plans")].row.id
+    row_id = (await client.app.state.services.collections.get("admin", "acme-secret-plans")).id
     assert value(samples, "embedsearch_collections") == 1
     assert value(samples, "embedsearch_collection_vectors", collection=row_id) == 3
     # the filter cache: the first filtered search evaluated the filter in SQL, the second reused it
@@ -373,7 +373,7 @@ async def test_ready_when_models_loaded_and_database_answers(client):
 
 @pytest.mark.integration
 async def test_not_ready_while_a_model_loads_or_failed(client):
-    served = client.app.state.services.hub.models["tiny-last"]
+    served = client.app.state.services.engine.served_models()["tiny-last"]
     for state in ("loading", "error"):
         served.status = state
         try:
@@ -389,15 +389,15 @@ async def test_not_ready_while_a_model_loads_or_failed(client):
 
 @pytest.mark.integration
 async def test_not_ready_when_the_database_does_not_answer_but_still_alive(client, tmp_path: Path):
-    services = client.app.state.services
-    good = services.engine
+    service = client.app.state.services.health
+    good = service.database
     broken = create_engine(f"sqlite:///{tmp_path / 'no-such-dir' / 'x.db'}")
-    services.engine = broken
+    service.database = broken
     try:
         response = await client.get("/ready")
         health = await client.get("/health")
     finally:
-        services.engine = good
+        service.database = good
         broken.dispose()
     assert response.status_code == 503
     assert response.json() == {"status": "not_ready", "models": {"tiny": "ready", "tiny-last": "ready",

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import msgspec
 import pytest
 
-from service.ratelimit import RateLimited, RateLimiter
+from service.api.errors import RateLimited, render_service_error
+from service.api.ratelimit import RateLimiter
 from service.settings import Settings
 from service.store.keys import Principal
 from tests.conftest import AUTH, wait_ready
@@ -74,14 +75,15 @@ async def test_guard_says_retry_after_in_whole_seconds_at_least_one():
     with pytest.raises(RateLimited) as caught:
         await limiter.guard(connection, None)  # 1 ms to wait: still "1"
     error = caught.value
-    assert error.status_code == 429 and error.headers == {"Retry-After": "1"}
-    assert error.body()["error"]["type"] == "rate_limit_error"
-    assert error.body()["error"]["code"] == "rate_limit_exceeded"
+    assert error.code == "rate_limit_exceeded" and error.retry_after == 1
+    response = render_service_error(error)
+    assert response.status_code == 429 and response.headers["Retry-After"] == "1"
+    assert response.content["error"]["type"] == "rate_limit_error"
     slow = RateLimiter(0.4, 1, clock=clock)
     await slow.guard(connection, None)
     with pytest.raises(RateLimited) as caught:
         await slow.guard(connection, None)
-    assert caught.value.headers == {"Retry-After": "3"}  # 2.5 s, rounded up
+    assert caught.value.retry_after == 3  # 2.5 s, rounded up
     await limiter.guard(SimpleNamespace(scope={}), None)  # no principal (a route without a key): not limited
 
 
@@ -105,7 +107,7 @@ async def limited(settings: Settings):
     """An app whose keys may make 2 requests at once, then one per 100 s (so time never refills them here)."""
     from litestar.testing import AsyncTestClient
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     app = create_app(msgspec.structs.replace(settings, models="tiny", rate_limit_rps=0.01, rate_limit_burst=2))
     async with AsyncTestClient(app, base_url="http://testserver.local") as client:

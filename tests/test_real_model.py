@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from service.encoder.encoder import Encoder
-from service.encoder.loader import CONVERTED_MARK, load
-from service.encoder.registry import Registry
+from service.engine.encoder import Encoder
+from service.engine.loader import CONVERTED_MARK, load
+from service.engine.registry import Registry
 from tests.conftest import real_model_cache
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]

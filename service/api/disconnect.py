@@ -11,7 +11,7 @@ shielded, see ``CollectionsService._write``).
 
 Only the waiting is cut short: once a response has started it is left alone (it is about to end,
 and a streaming response watches for the disconnect itself, through the same ``receive``). Writes
-shield their commit and the bookkeeping after it (``service.collections._to_the_end``), so a
+shield their commit and the bookkeeping after it (``service.domain.collections.to_the_end``), so a
 cancellation never falls between the two. A request whose body the handler does not read is not
 watched. The watcher ends with the request.
 """

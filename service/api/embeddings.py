@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+
 from litestar import Controller, post
 
 from service.api.responses import errors
-from service.api.schemas import EmbeddingRequest, EmbeddingResponse
-from service.embeddings import EmbeddingsService
+from service.api.schemas import Embedding, EmbeddingRequest, EmbeddingResponse, Usage
+from service.domain.embeddings import Embeddings
 from service.store.keys import Principal
 
 
@@ -15,7 +17,12 @@ class EmbeddingsController(Controller):
     tags = ["embeddings"]
 
     @post("/", status_code=200, summary="Create embeddings (OpenAI-compatible)", responses=errors(404, 413))
-    async def create(
-        self, data: EmbeddingRequest, embeddings: EmbeddingsService, principal: Principal
-    ) -> EmbeddingResponse:
-        return await embeddings.create(data, key=principal.tenant)  # tenants share the encoder fairly
+    async def create(self, data: EmbeddingRequest, embeddings: Embeddings, principal: Principal) -> EmbeddingResponse:
+        vectors, tokens = await embeddings.embed(data.model, data.input, dimensions=data.dimensions,
+                                                 truncate=data.truncate, key=principal.tenant)  # tenants share fairly
+        if data.encoding_format == "base64":  # little-endian float32, as OpenAI
+            items = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+        else:
+            items = vectors.tolist()
+        return EmbeddingResponse(data=[Embedding(index=i, embedding=item) for i, item in enumerate(items)],
+                                 model=data.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))

@@ -1,4 +1,9 @@
-"""Wire format (msgspec structs) of the OpenAI-compatible endpoints."""
+"""Wire format (msgspec structs) of every route; only the HTTP layer (service/api/) knows it.
+
+Request bodies are decoded strictly: a field this server does not know is a 400
+``unknown_parameter`` naming it (a misspelled ``"filtr"`` must not silently search everything), and
+the OpenAPI schema says so (``additionalProperties: false``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,11 @@ import msgspec
 TokenIds = list[int]
 
 
-class EmbeddingRequest(msgspec.Struct, kw_only=True):
+class Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A request body: unknown fields are refused."""
+
+
+class EmbeddingRequest(Request):
     model: str
     # A string, an array of strings, an array of token ids, or an array of token-id arrays.
     input: str | list[str | int | TokenIds]
@@ -63,7 +72,7 @@ Filter = dict[str, Any]
 Include = Literal["text", "metadata", "vector"]
 
 
-class CollectionCreate(msgspec.Struct, kw_only=True):
+class CollectionCreate(Request):
     name: str
     # An embeddings model: documents and queries may then be given as text.
     model: str | None = None
@@ -99,14 +108,14 @@ class Deleted(msgspec.Struct, kw_only=True):
     deleted: bool = True
 
 
-class DocumentIn(msgspec.Struct, kw_only=True):
+class DocumentIn(Request):
     id: str | None = None
     text: str | None = None
     vector: list[float] | None = None
     metadata: dict[str, Any] | None = None
 
 
-class UpsertRequest(msgspec.Struct, kw_only=True):
+class UpsertRequest(Request):
     documents: list[DocumentIn]
 
 
@@ -131,7 +140,7 @@ class DocumentPage(msgspec.Struct, kw_only=True):
     has_more: bool
 
 
-class DeleteRequest(msgspec.Struct, kw_only=True):
+class DeleteRequest(Request):
     ids: list[str] | None = None
     filter: Filter | None = None
 
@@ -140,7 +149,7 @@ class DeleteResponse(msgspec.Struct, kw_only=True):
     deleted: int
 
 
-class SearchRequest(msgspec.Struct, kw_only=True):
+class SearchRequest(Request):
     # Exactly one of: query (text), vector, queries (texts), vectors.
     query: str | None = None
     vector: list[float] | None = None
@@ -179,6 +188,25 @@ class BatchSearchResponse(msgspec.Struct, kw_only=True):
 
 
 # -- errors ----------------------------------------------------------------------------------
+
+
+class KeyCreate(Request):
+    tenant: str  # 1-64 characters; not `admin` (admin keys are made with `python -m service keys create --admin`)
+
+
+class ApiKey(msgspec.Struct, kw_only=True, omit_defaults=True):
+    object: Literal["api_key"] = "api_key"
+    id: int
+    tenant: str
+    prefix: str  # the key's first characters, to tell keys apart
+    admin: bool
+    created_at: int
+    key: str | None = None  # the key itself: only in the answer that made it, never again
+
+
+class ApiKeyList(msgspec.Struct, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[ApiKey]
 
 
 class ErrorDetail(msgspec.Struct, kw_only=True):

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from service.collections import CollectionsService
-    from service.encoder.batcher import Batcher
-    from service.encoder.hub import ModelHub
+    from service.engine.engine import Engine
+    from service.engine.batcher import Batcher
+    from service.engine.models import ModelHub
 
 CONTENT_TYPE = "text/plain; version=0.0.4"  # Litestar adds "; charset=utf-8"
 
@@ -100,7 +100,7 @@ class Metrics:
         histogram.observe(seconds)
 
     # -- scrape ------------------------------------------------------------------------------------
-    def render(self, hub: ModelHub | None = None, collections: CollectionsService | None = None) -> str:
+    def render(self, engine: Engine | None = None) -> str:
         out = _Writer()
         out.family("embedsearch_start_time_seconds", "gauge", "Unix time the server started.")
         out.sample("embedsearch_start_time_seconds", {}, self.started)
@@ -118,22 +118,25 @@ class Metrics:
         for (method, route), histogram in sorted(self.latency.items()):
             out.histogram("embedsearch_http_request_duration_seconds", {"method": method, "route": route}, histogram)
 
-        if hub is not None:
-            self._render_models(out, hub)
-        if collections is not None:
-            lives = _open_collections(collections)
+        if engine is not None:
+            self._render_models(out, engine.models)
+            lives = sorted(engine.live_indexes(), key=lambda live: live.row.id)
             out.family("embedsearch_collections", "gauge", "Collections, all tenants together.")
             out.sample("embedsearch_collections", {}, len(lives))
             out.family("embedsearch_collection_vectors", "gauge",
                        "Vectors in each collection's FAISS index, by collection id.")
             for live in lives:
                 out.sample("embedsearch_collection_vectors", {"collection": live.row.id}, len(live.index))
+            out.family("embedsearch_index_snapshots_total", "counter",
+                       "Index snapshots written (in the background) since the server started, by collection id.")
+            for live in lives:
+                out.sample("embedsearch_index_snapshots_total", {"collection": live.row.id}, live.snapshots)
             out.family("embedsearch_filter_cache_lookups_total", "counter",
                        "Filtered searches by how the collection's filter cache answered: hit (unchanged since "
                        "cached), update (only the writes since read from SQL), miss (evaluated in SQL).")
             for live in lives:
-                for result, count in (("hit", live.filters.hits), ("update", live.filters.updates),
-                                      ("miss", live.filters.misses)):
+                for result, count in (("hit", live.allowed.hits), ("update", live.allowed.updates),
+                                      ("miss", live.allowed.misses)):
                     out.sample("embedsearch_filter_cache_lookups_total", {"collection": live.row.id, "result": result},
                                count)
         return out.text()
@@ -171,11 +174,6 @@ class Metrics:
         for name, batcher in batchers:
             out.sample("embedsearch_encoder_queue_capacity", {"model": name}, batcher.max_pending)
 
-
-def _open_collections(collections: CollectionsService) -> list:
-    """The open collections (labelled by id, never tenant or name), in id order."""
-    # CollectionsService keeps its open collections in `_live`; read-only here, on the event loop.
-    return sorted(collections._live.values(), key=lambda live: live.row.id)
 
 
 class _Writer:

@@ -6,7 +6,7 @@ will read again, while a new connection would silently create an empty database 
 an engine on a SQLite file remembers the file's identity (st_dev, st_ino) and checks it, with one
 ``stat``, wherever a write could be lost: when a connection is opened (``mode=rw``: SQLite may
 never create a file there), checked out of the pool, and committed (before and after). A mismatch
-raises :class:`DatabaseFileChanged` (a 503 ``database_unavailable``, see service/errors.py)
+raises :class:`DatabaseFileChanged` (a 503 ``database_unavailable``: see :func:`is_unavailable`)
 until the same file is back at its path. (A file overwritten in place keeps its identity: that is
 not noticed.)
 """
@@ -122,3 +122,38 @@ def _watch_file(engine: Engine, file: DatabaseFile) -> None:
     def _same_file(_dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
         if file.changed():  # every pooled connection is on the old file: reconnect, which refuses
             raise InvalidatePoolError(f"{file.path} is not the database file this engine opened")
+
+
+# SQLite errors that mean "busy or unreachable", not "wrong": see is_unavailable().
+_SQLITE_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached or cannot serve right now (a 503, worth a
+    retry) rather than that the query or the schema is wrong (a 500, a bug).
+
+    * a disconnect SQLAlchemy noticed (``connection_invalidated``: the server went away mid-session);
+    * a pool that could not hand out a connection in time (``sqlalchemy.exc.TimeoutError``);
+    * psycopg's OperationalError: a failed connect (refused, reset, timed out), a server shutting
+      down or starting up (SQLSTATE 57P0x), too many connections (53300), a lock or statement timeout;
+    * SQLite busy/locked past its timeout, or a database file that cannot be opened or read;
+    * the SQLite database file deleted, moved or replaced under the server (``DatabaseFileChanged``,
+      service/store/db.py): unavailable until the same file is back at its path.
+    """
+    from sqlalchemy import exc as sa
+
+    if isinstance(exc, sa.TimeoutError):
+        return True
+    if not isinstance(exc, sa.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if isinstance(orig, DatabaseFileChanged):
+        return True
+    if type(orig).__module__.startswith("psycopg"):
+        import psycopg
+
+        return isinstance(orig, psycopg.OperationalError)
+    name = getattr(orig, "sqlite_errorname", "")
+    return isinstance(name, str) and name.startswith(_SQLITE_UNAVAILABLE)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, select
 
 from service.store.tables import api_keys
 
@@ -27,6 +28,17 @@ class Principal:
     key_id: int | None  # None for the key given by EMBEDSEARCH_API_KEY
 
 
+@dataclass(frozen=True)
+class KeyRecord:
+    """What is stored of a key: never the key itself."""
+
+    id: int
+    tenant: str
+    prefix: str  # its first characters, to tell keys apart
+    admin: bool
+    created_at: datetime
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -36,14 +48,33 @@ class KeyStore:
         self.engine = engine
 
     def create(self, tenant: str, *, admin: bool = False) -> str:
-        if tenant == ADMIN_TENANT and not admin:
-            raise ReservedTenant(f"the tenant {ADMIN_TENANT!r} is reserved for admin keys; pick another name")
+        return self.issue(tenant, admin=admin)[0]
+
+    def issue(self, tenant: str, *, admin: bool = False) -> tuple[str, KeyRecord]:
+        """A new key (shown once) and its record. Admin keys belong to the tenant ``admin``, and only they."""
+        if (tenant == ADMIN_TENANT) != admin:
+            raise ReservedTenant(f"the tenant {ADMIN_TENANT!r} is reserved for admin keys, and admin keys belong "
+                                 f"to it; pick another name" if not admin else
+                                 f"admin keys belong to the tenant {ADMIN_TENANT!r}, not {tenant!r}")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         with self.engine.begin() as conn:
-            conn.execute(
+            row = conn.execute(
                 insert(api_keys).values(tenant=tenant, key_hash=hash_key(key), prefix=key[:10], admin=admin)
-            )
-        return key
+                .returning(api_keys.c.id, api_keys.c.tenant, api_keys.c.prefix, api_keys.c.admin,
+                           api_keys.c.created_at)
+            ).one()
+        return key, KeyRecord(**row._mapping)
+
+    def records(self) -> list[KeyRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(api_keys.c.id, api_keys.c.tenant, api_keys.c.prefix, api_keys.c.admin,
+                                       api_keys.c.created_at).order_by(api_keys.c.id))
+            return [KeyRecord(**row._mapping) for row in rows]
+
+    def revoke(self, key_id: int) -> bool:
+        """Delete a key; whether there was one."""
+        with self.engine.begin() as conn:
+            return conn.execute(delete(api_keys).where(api_keys.c.id == key_id)).rowcount > 0
 
     def lookup(self, key: str) -> Principal | None:
         digest = hash_key(key)

@@ -19,8 +19,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from service.errors import database_unavailable
-from service.store.db import make_engine
+from service.store.db import is_unavailable, make_engine
 from tests.conftest import app_client
 
 pytestmark = pytest.mark.unit
@@ -49,7 +48,7 @@ def rows(engine) -> list[int]:
 
 
 def assert_refused(excinfo: pytest.ExceptionInfo) -> None:
-    assert database_unavailable(excinfo.value), excinfo.value
+    assert is_unavailable(excinfo.value), excinfo.value
     assert "deleted, moved or replaced" in str(excinfo.value)
 
 

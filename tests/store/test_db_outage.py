@@ -36,7 +36,7 @@ def assert_unavailable(response) -> None:
 async def test_database_outage_is_503_then_recovers_without_losing_acknowledged_writes(settings):
     from litestar.testing import AsyncTestClient
 
-    from service.app import create_app
+    from service.api.app import create_app
     from service.store.db import make_engine
     from service.store.keys import KeyStore
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sqlalchemy import true
 
 from service.store.documents import DocumentStore, DuplicateCollection, NewDocument
-from service.store.tables import documents
+from service.store.filters import parse_filter
 
 pytestmark = pytest.mark.unit
 
@@ -26,9 +25,9 @@ def test_positions_removal_log_and_replay(engine):
     seqs, replaced = store.upsert(c.id, [doc("b", 3), doc("c", 4)])
     # b's old seq 2 is logged as removed at position 3; the new rows take positions 4 and 5
     assert replaced.tolist() == [2] and seqs.tolist() == [4, 5]
-    removed, position = store.delete(c.id, documents.c.id == "a")
+    removed, position = store.delete(c.id, ids=["a"])
     assert removed.tolist() == [1] and position == 6
-    assert store.delete(c.id, documents.c.id == "nope")[1] is None
+    assert store.delete(c.id, ids=["nope"])[1] is None
 
     removed, added, vectors = store.changes_since(c.id, 2, 3)
     assert sorted(removed.tolist()) == [1, 2] and added.tolist() == [4, 5]
@@ -50,13 +49,15 @@ def test_pages_filters_and_collections_are_separate(engine):
     two = store.create_collection("u", "one", "m", 3, "l2", "HNSW32")  # same name, other tenant
     store.upsert(one.id, [doc(f"{i:02d}", i, even=i % 2 == 0) for i in range(7)])
     store.upsert(two.id, [doc("x", 1)])
-    first = store.page(one.id, true(), None, 3)
+    first = store.page(one.id, None, None, 3)
     assert [d.id for d in first] == ["00", "01", "02"]
-    assert [d.id for d in store.page(one.id, true(), "02", 10)] == ["03", "04", "05", "06"]
-    from service.store.filters import compile_filter
-
-    even = compile_filter({"even": True}, documents.c.meta, engine.dialect.name)
-    assert sorted(store.seqs_where(one.id, even).tolist()) == [1, 3, 5, 7]
+    assert [d.id for d in store.page(one.id, None, "02", 10)] == ["03", "04", "05", "06"]
+    even = parse_filter({"even": True})
+    assert sorted(store.seqs_matching(one.id, even).tolist()) == [1, 3, 5, 7]
+    assert store.seqs_matching(one.id, even, after=5).tolist() == [7]
+    assert [d.id for d in store.page(one.id, even, "01", 2)] == ["02", "04"]
+    removed, _ = store.delete(one.id, ids=["00", "01", "02"], filter=even)  # ids that also match
+    assert sorted(removed.tolist()) == [1, 3]
     assert [c.name for c in store.all_collections("u")] == ["one"]
     store.delete_collection(one.id)
     assert store.count(one.id) == 0 and store.count(two.id) == 1

@@ -12,6 +12,9 @@ in a pool still runs within it and nothing starves): a short request from anothe
 the batch being computed now, not for the rest of a huge request queued before it. The queue is
 bounded: past ``max_pending`` sequences, :meth:`embed` refuses at once with 503.
 
+The worker is supervised: if it dies (a bug outside a forward pass, which only fails its own batch),
+the requests of the pool it held get a 503 and a new worker takes over the queue.
+
 A cancelled :meth:`embed` (its client went away, see service/api/disconnect.py) takes its sequences
 off the queue at once, so they neither count as pending nor reach a forward pass; those already in
 the pool being run are skipped before each batch.
@@ -37,7 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-from service.errors import Unavailable
+from service.errors import Overloaded, Unavailable
 
 log = logging.getLogger("service.batcher")
 
@@ -66,6 +69,7 @@ class BatcherStats:
     sequences: int = 0
     padded_tokens: int = 0
     real_tokens: int = 0
+    restarts: int = 0  # workers that died and were replaced
     recent_batch_sizes: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=1024))
 
 
@@ -99,6 +103,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encoder-{name}")
         self._worker: asyncio.Task[None] | None = None
+        self._running: list[_Item] = []  # the pool the worker is on (failed with a 503 if it dies)
         self._last_pool = 0  # sequences in the last pool...
         self._last_forward = 0.0  # ...the seconds its forward passes took...
         self._last_done = 0.0  # ...and when they ended (monotonic)
@@ -111,6 +116,23 @@ class Batcher:
     def start(self) -> None:
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
+            self._worker.add_done_callback(self._supervise)
+
+    def _supervise(self, worker: asyncio.Task[None]) -> None:
+        """A worker that died fails the requests it held (503) and is replaced; one stopped is not."""
+        if worker.cancelled() or worker is not self._worker:
+            return
+        log.error("the %s batcher's worker died; restarting it", self.name, exc_info=worker.exception())
+        self.stats.restarts += 1
+        for item in self._running:
+            if not item.job.future.done():
+                item.job.future.set_exception(
+                    Unavailable(f"The {self.name} encoder failed while serving this request; retry.",
+                                code="encoder_restarted"))
+        self._running = []
+        self._worker = None
+        if self._pending:
+            self.start()
 
     async def stop(self) -> None:
         if self._worker is not None:
@@ -135,7 +157,7 @@ class Batcher:
         if not sequences:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if self._pending + len(sequences) > self.max_pending:
-            raise Unavailable(
+            raise Overloaded(
                 f"The {self.name} encoder queue is full ({self._pending} inputs waiting); retry shortly.",
                 retry_after=1,
             )
@@ -212,7 +234,9 @@ class Batcher:
                 await self._wakeup.wait()
             await self._gather(idle)
             began = time.monotonic()
-            self._last_pool = await self._run_pool(self._take(POOL_BATCHES * self.max_tokens))
+            self._running = self._take(POOL_BATCHES * self.max_tokens)
+            self._last_pool = await self._run_pool(self._running)
+            self._running = []
             self._last_done = time.monotonic()
             self._last_forward = self._last_done - began
 
@@ -231,6 +255,7 @@ class Batcher:
                 tokens += sum(len(item.ids) for item in joined)
                 held += len(joined)
                 batches = self._split([item for batch in batches for item in batch] + joined)
+                self._running = self._running + joined
         return held
 
     async def _forward(self, batch: list[_Item]) -> None:

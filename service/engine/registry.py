@@ -30,8 +30,6 @@ class ModelSpec(msgspec.Struct, kw_only=True, frozen=True):
     max_tokens: int = 2048
     # Output size; 0 = the model's hidden size (or the last dense layer's output).
     dimension: int = 0
-    # Sizes the model was trained to be truncated to (informational; any size up to `dimension` works).
-    matryoshka_dims: list[int] = []
     # Bidirectional attention (EmbeddingGemma) instead of Gemma's causal attention.
     bidirectional: bool = False
     # Prompts prepended to queries and documents (search uses them; /v1/embeddings embeds verbatim).
@@ -48,7 +46,6 @@ BUILTIN: dict[str, ModelSpec] = {
         source="google/embeddinggemma-300m",
         max_tokens=2048,
         dimension=768,
-        matryoshka_dims=[768, 512, 256, 128],
         bidirectional=True,
         query_prompt="task: search result | query: ",
         document_prompt="title: none | text: ",

@@ -1,16 +1,19 @@
-"""Embeddings as a plain Python service: validate inputs, tokenise, batch, shape the response."""
+"""Embeddings: validate inputs, tokenise them, and have the engine embed the token ids.
+
+Returns vectors (numpy) and token counts; the HTTP layer shapes them (floats or base64).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from service.api.schemas import Embedding, EmbeddingRequest, EmbeddingResponse, Usage
-from service.encoder.batcher import SHARED_KEY
-from service.encoder.hub import ModelHub, ServedModel
+from service.engine.batcher import SHARED_KEY
+from service.engine.engine import Engine
+from service.engine.models import ServedModel
 from service.errors import InvalidRequest
 
 Purpose = Literal["query", "document"]
@@ -20,37 +23,46 @@ Purpose = Literal["query", "document"]
 INLINE_TOKENIZE_CHARS = 4096
 
 
-class EmbeddingsService:
-    def __init__(self, hub: ModelHub, *, max_inputs: int, max_request_tokens: int, truncate: bool) -> None:
-        self.hub = hub
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    created: int
+    owned_by: str
+    status: str  # loading | ready | error
+
+
+class Embeddings:
+    def __init__(self, engine: Engine, *, max_inputs: int, max_request_tokens: int, truncate: bool) -> None:
+        self.engine = engine
         self.max_inputs = max_inputs
         self.truncate = truncate
         self.max_request_tokens = max_request_tokens
 
-    async def create(self, request: EmbeddingRequest, *, key: str = SHARED_KEY) -> EmbeddingResponse:
-        """Answer POST /v1/embeddings; ``key`` (the tenant) is the batcher's fairness key."""
-        served = self.hub.get(request.model)
+    def models(self) -> list[ModelInfo]:
+        """Every served model, loaded or not."""
+        return [ModelInfo(name, served.created, served.spec.owned_by, served.status)
+                for name, served in self.engine.served_models().items()]
+
+    def dimension(self, model: str, param: str = "model") -> int:
+        """The vector size of a served, loaded model."""
+        return self.engine.model(model, param).encoder.dimension
+
+    async def embed(self, model: str, input: object, *, dimensions: int | None = None, truncate: bool | None = None,
+                    key: str = SHARED_KEY) -> tuple[np.ndarray, int]:
+        """Embed ``input`` (any shape POST /v1/embeddings accepts): (vectors, tokens). ``key`` (the tenant)
+        shares the encoder fairly."""
+        served = self.engine.model(model)
         encoder = served.encoder
-        assert encoder is not None
-        if request.dimensions is not None and not 1 <= request.dimensions <= encoder.dimension:
+        if dimensions is not None and not 1 <= dimensions <= encoder.dimension:
             raise InvalidRequest(
-                f"dimensions must be between 1 and {encoder.dimension} for model `{request.model}`, "
-                f"got {request.dimensions}.",
+                f"dimensions must be between 1 and {encoder.dimension} for model `{model}`, got {dimensions}.",
                 param="dimensions",
             )
-        sequences = await self._sequences(served, request.input, request.truncate)
-        vectors = await served.batcher.embed(sequences, key=key)
-        if request.dimensions is not None and request.dimensions < encoder.dimension:
-            vectors = truncate_dimensions(vectors, request.dimensions)
-        if request.encoding_format == "base64":
-            data = [
-                Embedding(index=i, embedding=base64.b64encode(v.astype("<f4").tobytes()).decode("ascii"))
-                for i, v in enumerate(vectors)
-            ]
-        else:
-            data = [Embedding(index=i, embedding=v) for i, v in enumerate(vectors.tolist())]
-        tokens = sum(len(s) for s in sequences)
-        return EmbeddingResponse(data=data, model=request.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+        sequences = await self._sequences(served, input, truncate)
+        vectors = await self.engine.embed(model, sequences, key=key)
+        if dimensions is not None and dimensions < encoder.dimension:
+            vectors = truncate_dimensions(vectors, dimensions)
+        return vectors, sum(len(s) for s in sequences)
 
     async def embed_texts(
         self, model: str, texts: list[str], *, purpose: Purpose | None = None, param: str = "input",
@@ -59,19 +71,18 @@ class EmbeddingsService:
         """Embed texts for search (with the model's query/document prompt); returns (vectors, tokens).
 
         ``key`` (the tenant) is the batcher's fairness key."""
-        served = self.hub.get(model)
+        served = self.engine.model(model)
         prompt = {"query": served.spec.query_prompt, "document": served.spec.document_prompt}.get(purpose or "", "")
         if prompt:
             texts = [prompt + text for text in texts]
         sequences = await self._sequences(served, texts, None, param=param)
-        return await served.batcher.embed(sequences, key=key), sum(len(s) for s in sequences)
+        return await self.engine.embed(model, sequences, key=key), sum(len(s) for s in sequences)
 
     async def _sequences(
         self, served: ServedModel, value: object, truncate: bool | None, *, param: str = "input"
     ) -> list[list[int]]:
         """Turn any accepted ``input`` shape into token-id sequences, enforcing every limit."""
         encoder = served.encoder
-        assert encoder is not None
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items:
             raise InvalidRequest("input must be a non-empty string or a non-empty array.", param=param)

@@ -7,14 +7,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from service.encoder.batcher import Batcher
-from service.encoder.encoder import Encoder
-from service.encoder.loader import default_batch_tokens, load, pick_device, pick_dtype
-from service.encoder.registry import ModelSpec, Registry
-from service.errors import ModelNotFound, Unavailable
+from service.engine.batcher import Batcher
+from service.engine.encoder import Encoder
+from service.engine.loader import default_batch_tokens, load, pick_device, pick_dtype
+from service.engine.registry import ModelSpec, Registry
+from service.errors import NotFound, Unavailable
 from service.settings import Settings
 
-log = logging.getLogger("service.encoder")
+log = logging.getLogger("service.engine")
 
 
 @dataclass
@@ -75,7 +75,8 @@ class ModelHub:
     def get(self, name: str, param: str = "model") -> ServedModel:
         served = self.models.get(name)
         if served is None:
-            raise ModelNotFound(f"The model `{name}` does not exist or is not served here.", param=param)
+            raise NotFound(f"The model `{name}` does not exist or is not served here.", param=param,
+                           code="model_not_found")
         if served.status == "loading":
             raise Unavailable(f"The model `{name}` is still loading; retry shortly.", retry_after=5, code="model_loading")
         if served.status == "error":

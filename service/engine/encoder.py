@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from service.encoder.loader import LoadedModel
-from service.encoder.pooling import pool
+from service.engine.loader import LoadedModel
+from service.engine.pooling import pool
 
 
 class Encoder:

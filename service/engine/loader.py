@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from service.encoder.registry import ModelSpec
+from service.engine.registry import ModelSpec
 
-log = logging.getLogger("service.encoder")
+log = logging.getLogger("service.engine")
 CONVERTED_MARK = "embedsearch-converted.json"
 
 

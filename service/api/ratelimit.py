@@ -19,19 +19,9 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from service.errors import ApiError
+from service.api.errors import RateLimited
 from service.settings import Settings
 from service.store.keys import Principal
-
-
-class RateLimited(ApiError):
-    status_code = 429
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after)})
-
 
 class RateLimiter:
     def __init__(

@@ -1,8 +1,13 @@
-"""The application factory: routes, dependencies and the lifespan that owns every resource."""
+"""The application factory: the composition root that builds every part, and the HTTP app around them.
+
+Only here are the parts wired together: the store (SQL), the engine (models and indexes), the domain
+services over them, and the Litestar app (routes, authentication, limits, errors, OpenAPI docs) that
+reaches the domain alone. The lifespan owns every resource: it opens them on start and closes them
+on shutdown, snapshotting the indexes last.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,24 +19,30 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
-from sqlalchemy import Engine
+from sqlalchemy import Engine as Database
 
+from service.api.auth import BearerAuthMiddleware
 from service.api.collections import CollectionsController, principal
 from service.api.disconnect import CancelOnDisconnect
 from service.api.embeddings import EmbeddingsController
-from service.api.models import ModelsController, health
+from service.api.errors import exception_handlers
+from service.api.keys import KeysController
+from service.api.limits import LimitedRequest
+from service.api.models import ModelsController
+from service.api.operations import health, metrics_endpoint, ready
 from service.api.paths import WholeDocumentIds
-from service.auth import Authenticator, BearerAuthMiddleware
-from service.collections import CollectionsService
-from service.embeddings import EmbeddingsService
-from service.encoder.hub import ModelHub
-from service.encoder.registry import Registry
-from service.errors import exception_handlers
-from service.limits import LimitedRequest
+from service.api.ratelimit import RateLimiter
+from service.api.responses import StrictBodies
+from service.domain.collections import Collections
+from service.domain.documents import Documents
+from service.domain.embeddings import Embeddings
+from service.domain.health import Health
+from service.domain.keys import Keys
+from service.domain.search import Search
+from service.engine.engine import Engine
+from service.engine.registry import Registry
 from service.observability.metrics import Metrics
 from service.observability.middleware import instrument
-from service.observability.routes import metrics_endpoint, ready
-from service.ratelimit import RateLimiter
 from service.settings import Settings
 from service.store import migrate
 from service.store.db import make_engine
@@ -44,11 +55,28 @@ log = logging.getLogger("service")
 @dataclass
 class Services:
     settings: Settings
-    engine: Engine
+    database: Database
     keys: KeyStore
-    hub: ModelHub
-    embeddings: EmbeddingsService
-    collections: CollectionsService
+    engine: Engine
+    authenticator: Keys
+    embeddings: Embeddings
+    collections: Collections
+    documents: Documents
+    search: Search
+    health: Health
+
+
+def build(settings: Settings, registry: Registry, database: Database) -> Services:
+    """Every part, wired: store -> engine -> domain."""
+    store = DocumentStore(database)
+    keys = KeyStore(database)
+    engine = Engine(settings, registry, store)
+    embeddings = Embeddings(engine, max_inputs=settings.max_inputs, max_request_tokens=settings.max_request_tokens,
+                            truncate=settings.truncate)
+    collections = Collections(store, engine, embeddings)
+    documents = Documents(store, engine, collections, embeddings)
+    return Services(settings, database, keys, engine, Keys(keys, settings.api_key), embeddings, collections,
+                    documents, Search(store, engine, collections, documents), Health(engine, database))
 
 
 def ensure_admin_key(keys: KeyStore, settings: Settings) -> str | None:
@@ -71,26 +99,18 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings.sqlalchemy_url)
-        migrate.upgrade(engine)
-        keys = KeyStore(engine)
-        ensure_admin_key(keys, settings)
-        hub = ModelHub(settings, registry)
-        hub.start()
-        embeddings = EmbeddingsService(hub, max_inputs=settings.max_inputs,
-                                       max_request_tokens=settings.max_request_tokens, truncate=settings.truncate)
-        collections = CollectionsService(DocumentStore(engine), embeddings, settings.data_dir, engine.dialect.name)
-        await collections.start()
-        snapshots = asyncio.get_running_loop().create_task(collections.run_snapshots(settings.snapshot_seconds))
-        app.state.authenticator = Authenticator(keys, settings.api_key)
-        app.state.services = Services(settings, engine, keys, hub, embeddings, collections)
+        database = make_engine(settings.sqlalchemy_url)
+        migrate.upgrade(database)
+        services = build(settings, registry, database)
+        ensure_admin_key(services.keys, settings)
+        await services.engine.start()
+        app.state.authenticator = services.authenticator
+        app.state.services = services
         try:
             yield
         finally:
-            snapshots.cancel()
-            await collections.snapshot_all()
-            await hub.stop()
-            engine.dispose()
+            await services.engine.stop()
+            database.dispose()
 
     def provide(attribute: str) -> Provide:
         def dependency(state: State) -> object:
@@ -100,12 +120,11 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
 
     limiter = RateLimiter.from_settings(settings)  # per-key token buckets, owned by this app
     app = Litestar(
-        route_handlers=[EmbeddingsController, ModelsController, CollectionsController, health, ready,
+        route_handlers=[EmbeddingsController, ModelsController, CollectionsController, KeysController, health, ready,
                         metrics_endpoint],
         dependencies={
-            "hub": provide("hub"),
-            "embeddings": provide("embeddings"),
-            "collections": provide("collections"),
+            **{name: provide(name) for name in ("embeddings", "collections", "documents", "search", "health")},
+            "keys": provide("authenticator"),
             "principal": Provide(principal, sync_to_thread=False),
         },
         # Outermost first: a handler whose client went away stops waiting (for the encoder, say).
@@ -117,6 +136,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         request_class=LimitedRequest,  # JSON bodies nested too deeply are a 400 before decoding
+        plugins=[StrictBodies()],
         openapi_config=OpenAPIConfig(
             title="embedsearch",
             version="0.1.0",

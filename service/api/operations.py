@@ -1,0 +1,64 @@
+"""GET /health (liveness), GET /ready (readiness) and GET /metrics (Prometheus), all without a key."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+from litestar import Response, get
+from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
+
+from service.api.schemas import Health as HealthBody
+from service.domain.health import Health
+from service.observability.metrics import CONTENT_TYPE, Metrics
+
+
+class CollectionsHealth(msgspec.Struct, kw_only=True):
+    # Ids of the collections that could not be opened: each answers 503 (the others are served), so the
+    # server stays ready; the log says why.
+    failed: list[int]
+
+
+class Ready(msgspec.Struct, kw_only=True):
+    status: Literal["ready", "not_ready"]
+    models: dict[str, str]  # name -> loading | ready | error
+    database: Literal["ok", "error"]
+    collections: CollectionsHealth
+
+
+@get("/health", exclude_from_auth=True, tags=["health"], summary="Liveness and model readiness")
+async def health(health: Health) -> Response[HealthBody]:
+    models = health.models()
+    states = set(models.values())
+    status = "error" if "error" in states else "loading" if "loading" in states else "ready"
+    return Response(HealthBody(status=status, models=models))
+
+
+@get(
+    "/ready",
+    exclude_from_auth=True,
+    tags=["health"],
+    summary="Readiness: every model loaded and the database answering",
+    responses={503: ResponseSpec(Ready, description="Not ready: the body says what is not")},
+)
+async def ready(health: Health) -> Response[Ready]:
+    state = await health.readiness()
+    body = Ready(status="ready" if state.ready else "not_ready", models=state.models,
+                 database="ok" if state.database else "error",
+                 collections=CollectionsHealth(failed=state.failed_collections))
+    return Response(body, status_code=200 if state.ready else 503)
+
+
+@get(
+    "/metrics",
+    exclude_from_auth=True,
+    tags=["operations"],
+    summary="Prometheus metrics (text exposition format 0.0.4)",
+    media_type=CONTENT_TYPE,
+    sync_to_thread=False,
+)
+def metrics_endpoint(state: State) -> Response[str]:
+    registry: Metrics = state.metrics
+    services = state.get("services")
+    return Response(registry.render(services.engine if services else None), media_type=CONTENT_TYPE)

@@ -1,0 +1,1 @@
+"""The engine: models and indexes behind one interface (engine.py)."""

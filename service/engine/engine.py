@@ -1,0 +1,119 @@
+"""The engine: the one door to models and indexes.
+
+Everything above it (the domain, service/domain/) reaches the models and the FAISS indexes through
+this interface alone, and hands it plain data: token ids in and float32 vectors out; a collection's
+row, query vectors and a parsed filter in and (scores, seqs) out; one committed write at a time, in
+write-log order. Nothing crosses it that could not cross a process boundary (as vLLM's API servers
+feed one engine core), so the engine can later run in a process of its own without the domain
+changing. It owns all of its state: the loaded models and their batchers (models.py), the live
+indexes with their locks and filter caches (indexes.py), and their snapshots (snapshots.py); it reads
+SQL (service/store/) only to rebuild or bring those up to date.
+
+``embed`` is a coroutine; the index calls are synchronous and thread-safe, for worker threads. Every
+request into the engine has a deadline (``EMBEDSEARCH_ENGINE_DEADLINE_SECONDS``): past it, a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from index import Tuning
+from service.engine.indexes import Indexes, LiveIndex, Write
+from service.engine.models import ModelHub, ServedModel
+from service.engine.registry import Registry
+from service.engine.snapshots import Snapshots
+from service.errors import Overloaded
+from service.settings import Settings
+from service.store.documents import CollectionRow, DocumentStore
+from service.store.filters import Filter
+
+__all__ = ["Engine", "Write"]
+
+
+def tuning_from(settings: Settings) -> Tuning:
+    return Tuning(ef_search=settings.hnsw_ef_search, ef_construction=settings.hnsw_ef_construction,
+                  nprobe=settings.ivf_nprobe or None)
+
+
+class Engine:
+    def __init__(self, settings: Settings, registry: Registry, store: DocumentStore) -> None:
+        self.deadline = settings.engine_deadline_seconds
+        self.models = ModelHub(settings, registry)
+        self.indexes = Indexes(store, settings.data_dir / "indexes", tuning_from(settings), self.deadline)
+        self.snapshots = Snapshots(self.indexes)
+        self._snapshotting: asyncio.Task[None] | None = None
+        self._snapshot_seconds = settings.snapshot_seconds
+
+    async def start(self) -> None:
+        """Load the models (in the background) and open every collection's index; then snapshot them."""
+        self.models.start()
+        self.indexes.directory.mkdir(parents=True, exist_ok=True)
+        for row in await asyncio.to_thread(self.indexes.store.all_collections):
+            await asyncio.to_thread(self.indexes.open, row)
+        await self.snapshots.save_all()
+        self._snapshotting = asyncio.get_running_loop().create_task(self.snapshots.run(self._snapshot_seconds))
+
+    async def stop(self) -> None:
+        if self._snapshotting is not None:
+            self._snapshotting.cancel()
+        await self.snapshots.save_all()
+        await self.models.stop()
+
+    # -- models ------------------------------------------------------------------------------
+    def model(self, name: str, param: str = "model") -> ServedModel:
+        """A served, loaded model (NotFound, or Unavailable while it loads or if it failed)."""
+        return self.models.get(name, param)
+
+    def model_status(self) -> dict[str, str]:
+        return self.models.status
+
+    def served_models(self) -> dict[str, ServedModel]:
+        """Every served model by name, loaded or not."""
+        return dict(self.models.models)
+
+    async def embed(self, model: str, sequences: list[list[int]], *, key: str) -> np.ndarray:
+        """Token-id sequences in, L2-normalised float32 vectors out; ``key`` shares the encoder fairly."""
+        batcher = self.models.get(model).batcher
+        try:
+            return await asyncio.wait_for(batcher.embed(sequences, key=key), self.deadline)
+        except TimeoutError:  # wait_for has cancelled it: its queued inputs are gone from the queue
+            raise Overloaded(f"The {model} encoder did not answer within {self.deadline:g} s; retry shortly.",
+                             code="engine_timeout") from None
+
+    # -- indexes (synchronous: call them from worker threads) -------------------------------
+    def check_index(self, dimension: int, metric: str, factory: str) -> None:
+        """ValueError (in words for a client) unless such an index can be made."""
+        self.indexes.check(dimension, metric, factory)
+
+    def open_index(self, row: CollectionRow) -> None:
+        self.indexes.open(row)
+
+    def create_index(self, row: CollectionRow) -> None:
+        self.indexes.create(row)
+
+    def drop_index(self, collection_id: int) -> None:
+        self.indexes.drop(collection_id)
+
+    def index_state(self, collection_id: int) -> str | None:
+        """``ready``, ``failed`` (it answers 503) or None (not opened here)."""
+        return self.indexes.state(collection_id)
+
+    def failed_indexes(self) -> list[int]:
+        return self.indexes.failed()
+
+    def indexed(self, collection_id: int) -> int:
+        return self.indexes.indexed(collection_id)
+
+    def search(self, collection_id: int, queries: np.ndarray, k: int, filter: Filter | None = None,
+               filter_json: object = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.indexes.search(collection_id, queries, k, filter, filter_json)
+
+    def apply(self, collection_id: int, write: Write) -> None:
+        self.indexes.apply(collection_id, write)
+
+    def live_indexes(self) -> list[LiveIndex]:
+        """For /metrics: each index's size and filter cache counters."""
+        return self.indexes.live()
+
