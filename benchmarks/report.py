@@ -298,7 +298,8 @@ def _stall_md(s: dict) -> list[str]:
              "leaves the index to snapshot). Snapshots counted from /metrics.", ""]
     lines += _table(["phase", "searches", "QPS", "p50 ms", "p99 ms", "max ms", "writes", "snapshots"],
                     [[label, p["requests"], _n(p["qps"]), _n(p["p50_ms"]), _n(p["p99_ms"]), _n(p["max_ms"]),
-                      p["writes"], p["snapshots"]] for label, p in s["phases"].items()])
+                      p["writes"], "not counted" if p["snapshots"] is None else p["snapshots"]]
+                     for label, p in s["phases"].items()])
     lines += [f"{t['name']}: **{_n(t['value'])}x** (target {t['target']}: {'met' if t['met'] else 'not met'}).", ""]
     return lines
 
