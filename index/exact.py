@@ -15,6 +15,7 @@ import numpy as np
 _MAX_SCORE_ELEMS = 1 << 24  # queries x candidates score block (64 MiB of float32)
 _MAX_GATHER_ELEMS = 1 << 23  # candidates x dimension gathered at once (32 MiB of float32)
 _PAD_TIE = np.iinfo(np.int64).max
+_NO_ROWS = np.empty(0, dtype=np.int64)
 # Extra results fetched beyond k so that ties at the k-th position can be ordered by id.
 TIE_MARGIN = 8
 # numpy's BLAS spreads each product over every core, and products called from several threads at once
@@ -112,8 +113,10 @@ def with_ties(searcher, q: np.ndarray, k: int, n_avail: int, resolve: bool, metr
     dist, ext = searcher(q, kf)
     ext = np.asarray(ext)
     while resolve and kf < n_avail:
-        key = dist if metric == "l2" else -dist
-        open_tie = (ext[:, -1] >= 0) & (key[:, k - 1] == key[:, -1])
+        open_tie = dist[:, k - 1] == dist[:, -1]
+        if not open_tie.any():
+            break
+        open_tie &= ext[:, -1] >= 0
         if not open_tie.any():
             break
         kf2 = min(4 * kf, n_avail)
@@ -137,22 +140,59 @@ def widen(dist: np.ndarray, ext: np.ndarray, width: int, pad: float) -> tuple[np
 
 def finish(dist: np.ndarray, ext: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Distances -> scores (Euclidean, not squared, for l2), padding, and the top k per row ordered by
-    (score, id): FAISS orders equal distances arbitrarily, and callers want stable results."""
+    (score, id): FAISS orders equal distances arbitrarily, and callers want stable results.
+
+    FAISS returns each row sorted by distance, so nearly every row is its own answer already: only the
+    rows :func:`_unordered_rows` finds (equal scores out of id order, a tie across the k-th position,
+    anything unsorted) are sorted, with :func:`_sorted_topk`, which would give the others unchanged.
+    ``ext`` itself is returned as the ids when it has k columns and needs no sorting.
+    """
     dist = np.asarray(dist, dtype=np.float32)
     ext = np.asarray(ext, dtype=np.int64)
+    scores = np.sqrt(np.maximum(dist, 0.0)) if metric == "l2" else dist.copy()
+    scores[ext < 0] = missing_score(metric)
+    descending = metric != "l2"
+    if ext.shape[1] < k:
+        return _sorted_topk(scores, ext, k, descending)
+    rows = _unordered_rows(scores, ext, k, descending)
+    top_scores, top_ids = scores[:, :k], ext[:, :k]
+    if rows.size:
+        top_scores, top_ids = top_scores.copy(), top_ids.copy()
+        top_scores[rows], top_ids[rows] = _sorted_topk(scores[rows], ext[rows], k, descending)
+    return np.ascontiguousarray(top_scores), np.ascontiguousarray(top_ids)
+
+
+def _unordered_rows(scores: np.ndarray, ext: np.ndarray, k: int, descending: bool) -> np.ndarray:
+    """Rows whose first k columns (k <= columns) may not be their top k in (score, id) order.
+
+    A row's first k columns are its top k when its scores are sorted (NaN is not), each run of equal
+    scores among those columns is in ascending id order (missing entries, id -1, after every id) and the
+    k-th score differs from the next one: a stable sort by (score, id), which :func:`select_topk` is,
+    leaves such a row's first k columns where they are. Rows failing a condition are returned even
+    where sorting would keep them as they are: they are rare, and the checks stay vectorised. Nearly
+    every answer passes the first check alone: scores strictly sorted, no ties at all.
+    """
+    later, earlier = scores[:, 1:], scores[:, :-1]
+    if ((later < earlier) if descending else (later > earlier)).all():
+        return _NO_ROWS
+    in_order = (later <= earlier) if descending else (later >= earlier)
+    cut = min(k + 1, scores.shape[1])
+    tied = scores[:, 1:cut] == scores[:, : cut - 1]  # tied[:, j]: columns j and j+1, j < k
+    bad = ~in_order.all(axis=1)
+    if cut > k:
+        bad |= tied[:, k - 1]
+    ids = np.where(ext[:, :k] < 0, _PAD_TIE, ext[:, :k])
+    bad |= (tied[:, : k - 1] & (ids[:, 1:] < ids[:, :-1])).any(axis=1)
+    return np.flatnonzero(bad)
+
+
+def _sorted_topk(scores: np.ndarray, ext: np.ndarray, k: int, descending: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of each row of (scores, ids), missing entries padded already, sorted by (score, id)."""
     missing = ext < 0
-    if metric == "l2":
-        scores = np.sqrt(np.maximum(dist, 0.0)).astype(np.float32)
-        scores[missing] = np.inf
-        key = scores
-    else:
-        scores = dist.copy()
-        scores[missing] = -np.inf
-        key = -scores
-    tie = np.where(missing, _PAD_TIE, ext)
-    order = select_topk(np.where(missing, np.inf, key), tie, k)
+    key = -scores if descending else scores
+    order = select_topk(np.where(missing, np.inf, key), np.where(missing, _PAD_TIE, ext), k)
     scores = np.take_along_axis(scores, order, axis=1)
     ext = np.take_along_axis(ext, order, axis=1)
     if ext.shape[1] < k:
-        scores, ext = widen(scores, ext, k, missing_score(metric))
+        scores, ext = widen(scores, ext, k, -np.inf if descending else np.inf)
     return scores, ext

@@ -89,10 +89,9 @@ class Tombstones:
         return np.fromiter((m[i] for i in ids.tolist()), dtype=np.int64, count=ids.size)
 
     def to_external(self, labels: np.ndarray) -> np.ndarray:
+        """Ids of FAISS labels; -1 for -1 (no result) and anything else outside the label space."""
         valid = (labels >= 0) & (labels < self._n)
-        out = np.full(labels.shape, -1, dtype=np.int64)
-        out[valid] = self._int2ext[labels[valid]]
-        return out
+        return np.where(valid, self._int2ext.take(labels, mode="clip"), -1)
 
     def sorted_ids(self) -> np.ndarray:
         int2ext = self._labels_to_ids

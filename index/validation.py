@@ -35,6 +35,8 @@ def check_factory(factory) -> str:
 
 
 def check_k(k) -> int:
+    if type(k) is int and k >= 1:  # the common case, without the slower Integral check
+        return k
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     return int(k)
@@ -78,7 +80,7 @@ def check_vectors(vectors, dimension: int, n: int | None = None, *, name: str = 
     A single 1-D vector is accepted as one row.
     """
     arr = np.asarray(vectors)
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    if arr.dtype != np.float32 and _not_numeric(arr.dtype):  # float32 first: every search passes here
         raise ValueError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     if arr.ndim == 1 and n in (None, 1):
         if arr.shape[0] != dimension:
@@ -99,15 +101,25 @@ def check_vectors(vectors, dimension: int, n: int | None = None, *, name: str = 
     return arr
 
 
+def _not_numeric(dtype) -> bool:
+    return dtype == np.bool_ or not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer))
+
+
 def normalize_rows(x: np.ndarray, *, name: str = "vectors") -> np.ndarray:
-    """L2-normalise rows (returns a new array); zero rows cannot be normalised."""
-    norms = np.linalg.norm(x.astype(np.float64, copy=False), axis=1)
-    zero = np.flatnonzero(norms == 0) if x.shape[1] else np.arange(x.shape[0])
-    if zero.size:
+    """L2-normalise the rows of a finite float32 array (returns a new array); zero rows cannot be normalised.
+
+    The norms and quotients are computed in float64 and rounded once: float32 arithmetic gives other
+    bits for nearly every row, and stored vectors and queries must keep the bits they always had. The
+    steps are those of ``np.linalg.norm(axis=1)`` (same bits) without its dispatch, which cost more than
+    the arithmetic for one query. Every quotient is finite and at most 1 in magnitude, since a row's
+    float64 norm is never below its largest entry; the only rows that fail are the all-zero ones.
+    """
+    x64 = x.astype(np.float64)
+    norms = np.sqrt(np.add.reduce(x64 * x64, axis=1))
+    if not norms.all():
+        zero = np.flatnonzero(norms == 0)
         raise ValueError(
             f"cosine metric: {name} rows {zero[:10].tolist()} have zero norm and cannot be normalised"
         )
-    out = (x / norms[:, None]).astype(np.float32)
-    if not np.isfinite(out).all():
-        raise ValueError(f"cosine metric: {name} could not be normalised (values out of float32 range)")
-    return np.ascontiguousarray(out)
+    np.divide(x64, norms[:, None], out=x64)
+    return x64.astype(np.float32)

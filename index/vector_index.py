@@ -35,15 +35,15 @@ loads them, so a new or retuned knob never makes an older snapshot unreadable.
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import numpy as np
 
 from . import gpu, keepers, persistence, structure
 from .allowed import AllowedSet
-from .exact import TIE_MARGIN, exact_knn, finish, missing_score, widen, with_ties
+from .exact import exact_knn, finish, missing_score, widen, with_ties
 from .persistence import CorruptIndexError, Restored, Snapshot
+from .plans import Plan, Plans
 from .tuning import Tuning, positive_int
 from .validation import (
     check_dimension,
@@ -58,10 +58,6 @@ from .validation import (
 )
 
 log = logging.getLogger("index")
-
-# When a selector keeps only a fraction s of the index, efSearch / nprobe are scaled by 1/sqrt(s)
-# (at most this factor) so that filtered and tombstoned searches keep their recall.
-MAX_FILTER_BOOST = 16.0
 
 
 class VectorIndex:
@@ -120,6 +116,7 @@ class VectorIndex:
     @tuning.setter
     def tuning(self, tuning: Tuning | None) -> None:
         self._tuning = Tuning.check(tuning)
+        self._plans = Plans()
         hnsw = self._main.layout.hnsw
         if hnsw is not None:  # efSearch and nprobe are passed with every search instead
             hnsw.hnsw.efConstruction = self._tuning.ef_construction
@@ -186,7 +183,7 @@ class VectorIndex:
             ids, vectors = ids[keep], vectors[keep]
         if self.metric == "cosine":
             vectors = normalize_rows(vectors)
-        self._version += 1
+        self._changed()
         store = self._store
         present = ids[store.present(ids)]
         if present.size:
@@ -204,7 +201,7 @@ class VectorIndex:
         present = present[store.present(present)]
         if present.size == 0:
             return 0
-        self._version += 1
+        self._changed()
         store.delete(present)
         self._maintain()
         return int(present.size)
@@ -227,7 +224,12 @@ class VectorIndex:
     def _train(self, sample: np.ndarray | None) -> None:
         self._buffer.move_into(self._main, sample, self.factory)
         self._buffer = None
+        self._changed()
+
+    def _changed(self) -> None:
+        """Every write: AllowedSets prepared before it go stale and the search plans are made again."""
         self._version += 1
+        self._plans = Plans()
 
     def _maintain(self) -> None:
         t0 = time.perf_counter()
@@ -293,18 +295,27 @@ class VectorIndex:
             dist, ext = self._search_exact(q, k, prepared)
         else:
             store = self._store
-            searcher = self._index_searcher(store, k, prepared, n_cand, ef_search, nprobe)
-            dist, ext = with_ties(searcher, q, k, n_cand, store.layout.exact, self.metric)
-            short = np.flatnonzero((ext >= 0).sum(axis=1) < min(k, n_cand))
-            if short.size:
-                # The approximate index returned too few (tombstones, heavy filter, small IVF lists):
-                # answer those rows exactly so callers always get min(k, candidates) results.
-                d2, e2 = self._search_exact(q[short], k, prepared)
-                pad = missing_score(self.metric)
-                dist, ext = widen(dist, ext, k, pad)
-                dist[short, :k], ext[short, :k] = d2, e2
-                dist[short, k:], ext[short, k:] = pad, -1
+            if prepared is None:
+                plan = self._plans.unfiltered(store, self._tuning, k, n_cand, ef_search, nprobe)
+            else:
+                plan = Plan(store, self._tuning, k, prepared.selector(), n_cand, ef_search, nprobe)
+            dist, ext = with_ties(plan.search, q, k, n_cand, store.layout.exact, self.metric)
+            found = ext >= 0
+            if not found.all():  # a row missing nothing has at least k results
+                dist, ext = self._complete_short_rows(q, k, prepared, n_cand, found, dist, ext)
         return finish(dist, ext, k, self.metric)
+
+    def _complete_short_rows(self, q, k, prepared, n_cand, found, dist, ext):
+        """Rows the approximate index answered with fewer than min(k, candidates) results (tombstones,
+        a heavy filter, small IVF lists) answered exactly instead, so that callers always get them all."""
+        short = np.flatnonzero(found.sum(axis=1) < min(k, n_cand))
+        if short.size:
+            d2, e2 = self._search_exact(q[short], k, prepared)
+            pad = missing_score(self.metric)
+            dist, ext = widen(dist, ext, k, pad)
+            dist[short, :k], ext[short, :k] = d2, e2
+            dist[short, k:], ext[short, k:] = pad, -1
+        return dist, ext
 
     def _prepared(self, allowed) -> "AllowedSet":
         """``allowed`` as an AllowedSet that is current for this index."""
@@ -332,33 +343,6 @@ class VectorIndex:
         fetch = (lambda a, b: held[a:b]) if held is not None else (lambda a, b: store.gather(labels[a:b]))
         dist, pos = exact_knn(q, fetch, labels.size, self.dimension, k, self.metric != "l2", ext)
         return dist, np.where(pos >= 0, ext[np.maximum(pos, 0)], -1)
-
-    def _index_searcher(self, store, k, prepared, n_cand, ef_search, nprobe):
-        """searcher(q, kf) over the FAISS index of ``store``, restricted to the allowed labels or, with
-        tombstones, the live ones, and with efSearch/nprobe boosted for the share a selector keeps."""
-        layout = store.layout
-        # keep: numpy buffer referenced by a bitmap selector; must outlive the searches
-        sel, keep = prepared.selector() if prepared is not None else store.live_selector()
-        boost = 1.0
-        if sel is not None:
-            boost = min(MAX_FILTER_BOOST, 1.0 / math.sqrt(max(n_cand / max(int(store.index.ntotal), 1), 1e-12)))
-        ef = nprobe_eff = None
-        if layout.hnsw is not None:
-            ef = int(math.ceil(max(ef_search or self._tuning.ef_search, k + TIE_MARGIN) * boost))
-        if layout.ivf is not None:
-            nlist = int(layout.ivf.nlist)
-            nprobe_eff = min(int(math.ceil((nprobe or self._tuning.nprobe_for(nlist)) * boost)), nlist)
-        params = structure.search_params(store.index, sel, ef, nprobe_eff)
-        clone = store.gpu if sel is None else None  # GPU indexes ignore selectors
-
-        def run(q, kf):
-            result = None if clone is None else clone.search(q, kf, nprobe_eff)
-            if result is None:
-                result = store.index.search(q, kf, params=params)
-            _ = keep
-            return result[0], store.to_external(result[1])
-
-        return run
 
     # ------------------------------------------------------------------ persistence
     def freeze(self, position: int) -> Snapshot:
