@@ -15,7 +15,7 @@ from service.engine.encoder import Encoder
 from service.engine.loader import load
 from service.engine.registry import Registry
 from service.errors import Unavailable
-from tests.tiny_model import WORDS
+from benchmarks.tiny_model import WORDS
 
 pytestmark = pytest.mark.unit
 

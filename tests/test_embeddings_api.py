@@ -63,7 +63,7 @@ async def test_token_ids_match_text(client):
     # ids of the tiny tokenizer: <bos>=2, then the words' ids
     ids = (await client.post("/v1/embeddings", json={"model": "tiny", "input": "the"})).json()
     assert ids["usage"]["prompt_tokens"] == 2
-    from tests.tiny_model import WORDS
+    from benchmarks.tiny_model import WORDS
 
     token_ids = [2] + [4 + WORDS.index(w) for w in "the quick brown fox".split()]
     np.testing.assert_allclose(vectors(await embed(client, input=token_ids)), text, atol=1e-5)
@@ -224,9 +224,9 @@ async def test_the_callers_tenant_is_the_encoders_fairness_key(client, monkeypat
     keys: list[str] = []
     embed_for = Batcher.embed
 
-    async def spy(self, sequences, *, key):
+    async def spy(self, sequences, *, key, timeout=None):
         keys.append(key)
-        return await embed_for(self, sequences, key=key)
+        return await embed_for(self, sequences, key=key, timeout=timeout)
 
     monkeypatch.setattr(Batcher, "embed", spy)
     assert (await embed(client, input="hello")).status_code == 200

@@ -47,6 +47,14 @@ def test_real_gemma3_270m_ranks_paraphrases_above_unrelated_sentences(gemma: Enc
     np.testing.assert_allclose(single, vectors[:3], atol=1e-5)
 
 
+def test_fast_tokenize_matches_the_transformers_tokenizer(gemma: Encoder):
+    """Encoder.tokenize calls the Rust backend directly; the ids must be the tokenizer's own, BOS included."""
+    texts = [t for pair in PAIRS for t in pair] + ["", " ", "naïve café – 東京 🚀", "a\n\tb  c", "x" * 3000]
+    want = gemma.loaded.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+    assert gemma.tokenize(texts) == want
+    assert all(ids[0] == gemma.loaded.tokenizer.bos_token_id for ids in want)
+
+
 async def test_text_collection_end_to_end_finds_the_paraphrased_document(tmp_path, gemma):
     """Upsert texts into a collection backed by gemma3:270m, search by paraphrase, over HTTP."""
     from service.settings import Settings

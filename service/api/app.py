@@ -14,15 +14,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from litestar import Litestar
-from litestar.datastructures import State
-from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from sqlalchemy import Engine as Database
 
-from service.api.auth import BearerAuthMiddleware
-from service.api.collections import CollectionsController, principal
+from service.api.auth import BearerAuth
+from service.api.collections import CollectionsController
 from service.api.disconnect import CancelOnDisconnect
 from service.api.embeddings import EmbeddingsController
 from service.api.errors import exception_handlers
@@ -112,24 +110,13 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
             await services.engine.stop()
             database.dispose()
 
-    def provide(attribute: str) -> Provide:
-        def dependency(state: State) -> object:
-            return getattr(state.services, attribute)
-
-        return Provide(dependency, sync_to_thread=False)
-
     limiter = RateLimiter.from_settings(settings)  # per-key token buckets, owned by this app
     app = Litestar(
         route_handlers=[EmbeddingsController, ModelsController, CollectionsController, KeysController, health, ready,
                         metrics_endpoint],
-        dependencies={
-            **{name: provide(name) for name in ("embeddings", "collections", "documents", "search", "health")},
-            "keys": provide("authenticator"),
-            "principal": Provide(principal, sync_to_thread=False),
-        },
         # Outermost first: a handler whose client went away stops waiting (for the encoder, say).
         middleware=[DefineMiddleware(CancelOnDisconnect),
-                    DefineMiddleware(BearerAuthMiddleware, exclude=["^/docs"])],
+                    BearerAuth],
         guards=[limiter.guard] if limiter is not None else [],  # guards run after the auth middleware
         exception_handlers=exception_handlers,
         logging_config=None,  # logging is set up by the CLI (service.observability.logging), not replaced here

@@ -31,13 +31,13 @@ CLIENT_CLOSED_REQUEST = 499
 
 
 class CancelOnDisconnect:
-    """ASGI middleware: runs each HTTP request's handler in a task that a disconnect cancels."""
+    """ASGI middleware: a POST request whose client disconnects has its task cancelled."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] != "POST":  # only requests with a body do long work
             await self.app(scope, receive, send)
             return
         await _Request(receive, send).run(self.app, scope)
@@ -55,20 +55,18 @@ class _Request:
         self._gone = False  # the handler was cancelled because the client disconnected
 
     async def run(self, app: ASGIApp, scope: Scope) -> None:
-        self._handler = asyncio.ensure_future(app(scope, self.receive, self.send))
+        self._handler = asyncio.current_task()  # the server's task for this request: a disconnect cancels it
         try:
-            await self._handler  # a cancellation of this task cancels the handler too
+            await app(scope, self.receive, self.send)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if not self._gone or (current is not None and current.cancelling()):
+            if not self._gone or self._handler.uncancel():  # a cancellation of the server's own, as well
                 raise
             with contextlib.suppress(OSError):  # the server may refuse to send on a closed connection
                 await self._send({"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": []})
                 await self._send({"type": "http.response.body", "body": b""})
         finally:
             if self._watcher is not None:
-                self._watcher.cancel()
-                await asyncio.wait([self._watcher])
+                self._watcher.cancel()  # it ends at the loop's next turn
 
     async def receive(self) -> Message:
         if self._watcher is not None:  # the body is in: only the watcher reads from the server now

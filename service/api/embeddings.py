@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 
-from litestar import Controller, post
+from litestar import Controller, Request, post
 
 from service.api.responses import errors
 from service.api.schemas import Embedding, EmbeddingRequest, EmbeddingResponse, Usage
-from service.domain.embeddings import Embeddings
-from service.store.keys import Principal
+from service.api.state import caller, services
 
 
 class EmbeddingsController(Controller):
@@ -17,9 +16,9 @@ class EmbeddingsController(Controller):
     tags = ["embeddings"]
 
     @post("/", status_code=200, summary="Create embeddings (OpenAI-compatible)", responses=errors(404, 413))
-    async def create(self, data: EmbeddingRequest, embeddings: Embeddings, principal: Principal) -> EmbeddingResponse:
-        vectors, tokens = await embeddings.embed(data.model, data.input, dimensions=data.dimensions,
-                                                 truncate=data.truncate, key=principal.tenant)  # tenants share fairly
+    async def create(self, data: EmbeddingRequest, request: Request) -> EmbeddingResponse:
+        vectors, tokens = await services(request).embeddings.embed(data.model, data.input, dimensions=data.dimensions,
+                                                 truncate=data.truncate, key=caller(request).tenant)  # tenants share fairly
         if data.encoding_format == "base64":  # little-endian float32, as OpenAI
             items = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
         else:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from litestar import Controller, get
+from litestar import Controller, Request, get
 
 from service.api.responses import errors
 from service.api.schemas import Model, ModelList
-from service.domain.embeddings import Embeddings, ModelInfo
+from service.api.state import services
+from service.domain.embeddings import ModelInfo
 from service.errors import NotFound
 
 
@@ -19,12 +20,12 @@ class ModelsController(Controller):
     tags = ["models"]
 
     @get("/", summary="List the served models", responses=errors())
-    async def list_models(self, embeddings: Embeddings) -> ModelList:
-        return ModelList(data=[_model(info) for info in embeddings.models()])
+    async def list_models(self, request: Request) -> ModelList:
+        return ModelList(data=[_model(info) for info in services(request).embeddings.models()])
 
     @get("/{model_id:str}", summary="Describe one model", responses=errors(404))
-    async def get_model(self, model_id: str, embeddings: Embeddings) -> Model:
-        for info in embeddings.models():
+    async def get_model(self, model_id: str, request: Request) -> Model:
+        for info in services(request).embeddings.models():
             if info.name == model_id:
                 return _model(info)
         raise NotFound(f"The model `{model_id}` does not exist or is not served here.", param="model",

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 
 from service.api.schemas import Health as HealthBody
-from service.domain.health import Health
+from service.api.state import services
 from service.observability.metrics import CONTENT_TYPE, Metrics
 
 
@@ -28,8 +28,8 @@ class Ready(msgspec.Struct, kw_only=True):
 
 
 @get("/health", exclude_from_auth=True, tags=["health"], summary="Liveness and model readiness")
-async def health(health: Health) -> Response[HealthBody]:
-    models = health.models()
+async def health(request: Request) -> Response[HealthBody]:
+    models = services(request).health.models()
     states = set(models.values())
     status = "error" if "error" in states else "loading" if "loading" in states else "ready"
     return Response(HealthBody(status=status, models=models))
@@ -42,8 +42,8 @@ async def health(health: Health) -> Response[HealthBody]:
     summary="Readiness: every model loaded and the database answering",
     responses={503: ResponseSpec(Ready, description="Not ready: the body says what is not")},
 )
-async def ready(health: Health) -> Response[Ready]:
-    state = await health.readiness()
+async def ready(request: Request) -> Response[Ready]:
+    state = await services(request).health.readiness()
     body = Ready(status="ready" if state.ready else "not_ready", models=state.models,
                  database="ok" if state.database else "error",
                  collections=CollectionsHealth(failed=state.failed_collections))

@@ -31,7 +31,7 @@ class WholeDocumentIds:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and "/documents/" in scope["path"]:
             raw = scope.get("raw_path")
             # Some clients' transports put the query in raw_path; ASGI servers do not.
             target = raw.decode("latin-1").partition("?")[0] if raw else quote(scope["path"])

@@ -150,10 +150,13 @@ class Batcher:
         self._pending = self._queued_tokens = 0
         self._executor.shutdown(wait=True)
 
-    async def embed(self, sequences: list[list[int]], *, key: str = SHARED_KEY) -> np.ndarray:
+    async def embed(self, sequences: list[list[int]], *, key: str = SHARED_KEY,
+                    timeout: float | None = None) -> np.ndarray:
         """Embed token-id sequences; returns [len(sequences), dimension] float32, L2-normalised.
 
-        ``key`` is the caller for fair sharing (the tenant): keys take turns in every pool."""
+        ``key`` is the caller for fair sharing (the tenant): keys take turns in every pool. Past
+        ``timeout`` seconds the call fails with a 503 ``engine_timeout`` and its inputs leave the queue
+        (a timer on the call's future: no task of its own)."""
         if not sequences:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if self._pending + len(sequences) > self.max_pending:
@@ -170,11 +173,19 @@ class Batcher:
         self._queued_tokens += sum(len(ids) for ids in sequences)
         self._wakeup.set()
         self.start()
+        timer = loop.call_later(timeout, self._expire, job, timeout) if timeout is not None else None
         try:
             return await job.future
         finally:
-            if job.remaining:  # cancelled, or failed: what is still queued must not run
+            if timer is not None:
+                timer.cancel()
+            if job.remaining:  # cancelled, failed or past its deadline: what is still queued must not run
                 self._withdraw(job)
+
+    def _expire(self, job: _Job, timeout: float) -> None:
+        if not job.future.done():
+            job.future.set_exception(Overloaded(
+                f"The {self.name} encoder did not answer within {timeout:g} s; retry shortly.", code="engine_timeout"))
 
     def _withdraw(self, job: _Job) -> None:
         """Take a call's queued sequences off its key's queue, so that they neither run nor count as pending."""

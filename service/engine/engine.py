@@ -24,7 +24,6 @@ from service.engine.indexes import Indexes, LiveIndex, Write
 from service.engine.models import ModelHub, ServedModel
 from service.engine.registry import Registry
 from service.engine.snapshots import Snapshots
-from service.errors import Overloaded
 from service.settings import Settings
 from service.store.documents import CollectionRow, DocumentStore
 from service.store.filters import Filter
@@ -75,12 +74,7 @@ class Engine:
 
     async def embed(self, model: str, sequences: list[list[int]], *, key: str) -> np.ndarray:
         """Token-id sequences in, L2-normalised float32 vectors out; ``key`` shares the encoder fairly."""
-        batcher = self.models.get(model).batcher
-        try:
-            return await asyncio.wait_for(batcher.embed(sequences, key=key), self.deadline)
-        except TimeoutError:  # wait_for has cancelled it: its queued inputs are gone from the queue
-            raise Overloaded(f"The {model} encoder did not answer within {self.deadline:g} s; retry shortly.",
-                             code="engine_timeout") from None
+        return await self.models.get(model).batcher.embed(sequences, key=key, timeout=self.deadline)
 
     # -- indexes (synchronous: call them from worker threads) -------------------------------
     def check_index(self, dimension: int, metric: str, factory: str) -> None:

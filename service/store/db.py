@@ -139,16 +139,20 @@ def is_unavailable(exc: BaseException) -> bool:
     * SQLite busy/locked past its timeout, or a database file that cannot be opened or read;
     * the SQLite database file deleted, moved or replaced under the server (``DatabaseFileChanged``,
       service/store/db.py): unavailable until the same file is back at its path.
+
+    Driver errors count whether SQLAlchemy wrapped them or not (the hits fetch of a search talks to the
+    driver directly: service/store/documents.py).
     """
     from sqlalchemy import exc as sa
 
     if isinstance(exc, sa.TimeoutError):
         return True
-    if not isinstance(exc, sa.DBAPIError):
-        return False
-    if exc.connection_invalidated:
-        return True
-    orig = exc.orig
+    if isinstance(exc, sa.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+    else:
+        orig = exc
     if isinstance(orig, DatabaseFileChanged):
         return True
     if type(orig).__module__.startswith("psycopg"):
