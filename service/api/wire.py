@@ -1,5 +1,5 @@
 """Shaping domain answers into the wire format, and the small codecs only the wire has (cursors,
-filters in a query string, vectors as JSON floats)."""
+filters in a query string, vectors as JSON numbers or as base64 of little-endian float32)."""
 
 from __future__ import annotations
 
@@ -29,23 +29,40 @@ def collection(info: CollectionInfo) -> schemas.Collection:
                               created_at=int(info.created_at.timestamp()), status=info.status)
 
 
-def floats(blob: bytes) -> list[float]:
-    """A stored vector (little-endian float32) as JSON numbers."""
+def vector_out(blob: bytes, encoding: str) -> list[float] | str:
+    """A stored vector (little-endian float32) as JSON numbers, or as base64 of those very bytes."""
+    if encoding == "base64":
+        return base64.b64encode(blob).decode("ascii")
     return np.frombuffer(blob, dtype="<f4").tolist()
 
 
-def document(doc: StoredDocument, with_vector: bool) -> schemas.Document:
+def vector_in(value: list[float] | str, where: str, param: str) -> list[float] | np.ndarray:
+    """A vector as sent: JSON numbers pass through (the domain checks them), base64 becomes float32."""
+    if not isinstance(value, str):
+        return value
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{where} is a string but not base64 (of little-endian float32 values).",
+                             param=param) from None
+    if len(raw) % 4:
+        raise InvalidRequest(f"{where} decodes to {len(raw)} bytes, not a whole number of float32 values "
+                             "(4 bytes each).", param=param)
+    return np.frombuffer(raw, dtype="<f4")
+
+
+def document(doc: StoredDocument, with_vector: bool, encoding: str = "float") -> schemas.Document:
     # metadata as stored: JSON text embedded in the answer as it is, never parsed on the way
     return schemas.Document(id=doc.id, text=doc.text, metadata=msgspec.Raw(doc.metadata_json),
-                            vector=floats(doc.vector) if with_vector else None)
+                            vector=vector_out(doc.vector, encoding) if with_vector else None)
 
 
-def found(answer: Found, include: set[str], single: bool) -> bytes:
+def found(answer: Found, include: set[str], single: bool, encoding: str = "float") -> bytes:
     """The JSON of a SearchResponse (one query) or a BatchSearchResponse (several)."""
     text, metadata, vector = "text" in include, "metadata" in include, "vector" in include
     lists = [[schemas.Hit(id=hit.document.id, score=hit.score, text=hit.document.text if text else None,
                           metadata=msgspec.Raw(hit.document.metadata_json) if metadata else None,
-                          vector=floats(hit.document.vector) if vector else None)
+                          vector=vector_out(hit.document.vector, encoding) if vector else None)
               for hit in hits] for hits in answer.hits]
     usage = schemas.Usage(prompt_tokens=answer.tokens, total_tokens=answer.tokens)
     if single:

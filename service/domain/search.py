@@ -1,16 +1,19 @@
 """Search: queries (texts embedded by the collection's model, or vectors) in, ranked documents out.
 
-The plan of a search: bound its work and answer first (validation.py), embed text queries, have the
-engine find the top ``k`` seqs among the documents the filter allows (an exact top-k: see
-service/engine/indexes.py), then fetch those documents from SQL, in one worker-thread hop. A write
-that lands between the two may have replaced or removed a hit; then the search runs again (the
-index has the write by then), so an answer never holds a hole where a hit was.
+The plan of a search: bound its work and answer first (validation.py), embed text queries, then have
+the engine find the top ``k`` seqs among the documents the filter allows (an exact top-k: see
+service/engine/indexes.py) and fetch those documents from SQL, in one worker-thread hop. Concurrent
+searches of one collection are merged into that hop (merging.py): those with the same ``k`` and filter
+share one index call, and all their hits are read in one SQL query; each answer is the one it would
+have alone. A write that lands between the index call and the fetch may have replaced or removed a
+hit; then the index is asked again (it has the write by then), so an answer never holds a hole where
+a hit was.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,12 +21,14 @@ import numpy as np
 from service.domain import validation
 from service.domain.collections import Collections
 from service.domain.documents import Documents
+from service.domain.merging import Merger
+from service.engine.allowed import filter_key
 from service.engine.engine import Engine
 from service.errors import InvalidRequest
 from service.store.documents import CollectionRow, DocumentStore, StoredDocument
 from service.store.filters import Filter, parse_filter
 
-RETRIES = 3  # searches again when a hit's document was replaced meanwhile
+RETRIES = 3  # asks the index again when a hit's document was replaced meanwhile
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,28 @@ class Found:
     tokens: int  # embedded for text queries
 
 
+@dataclass(eq=False)
+class _Planned:
+    """A search ready for the index: its query vectors and parsed filter."""
+
+    row: CollectionRow
+    vectors: np.ndarray
+    query: Query
+    filter: Filter | None
+
+    @property
+    def group(self) -> tuple[int, bytes | None]:
+        """Searches in one group share an index call: the same k and the same filter."""
+        return self.query.top_k, None if self.filter is None else filter_key(self.query.filter)
+
+
 class Search:
     def __init__(self, store: DocumentStore, engine: Engine, collections: Collections, documents: Documents) -> None:
         self.store = store
         self.engine = engine
         self.collections = collections
         self.documents = documents
+        self._merged: Merger[_Planned] = Merger(self._run)
 
     async def search(self, tenant: str, name: str, query: Query) -> Found:
         row = await self.collections.get(tenant, name)
@@ -76,25 +97,62 @@ class Search:
             for text, where in zip(query.texts, names):
                 if not text:
                     raise InvalidRequest(f"{where} must not be empty.", param=query.field)
-            queries, tokens = await self.documents.embed(row, query.texts, "query", query.field, names)
+            vectors, tokens = await self.documents.embed(row, query.texts, "query", query.field, names)
         else:
-            queries = np.stack([validation.vector(v, row, where, query.field) for v, where in zip(items, names)])
+            vectors = np.stack([validation.vector(v, row, where, query.field) for v, where in zip(items, names)])
         parsed = parse_filter(query.filter) if query.filter is not None else None
-        hits = await asyncio.to_thread(self._run, row, queries, query, parsed)
+        hits = await self._merged.submit(row.id, _Planned(row, vectors, query, parsed))
         return Found(hits, tokens)
 
-    def _run(self, row: CollectionRow, queries: np.ndarray, query: Query, parsed: Filter | None) -> list[list[Hit]]:
-        """Index search and SQL fetch (in a worker thread), until every hit's document is still there."""
+    def _run(self, _: Hashable, planned: list[_Planned]) -> list[list[list[Hit]] | Exception]:
+        """Merged searches of one collection (in a worker thread): index calls by group, one SQL fetch,
+        again until every hit's document is still there; each search's hits, or its own error."""
         for _ in range(RETRIES):
-            scores, seqs = self.engine.search(row.id, queries, query.top_k, parsed, query.filter)
-            wanted = sorted({int(s) for s in seqs.ravel() if s >= 0})
-            found = self.store.by_seqs(row.id, wanted)
-            if len(found) == len(wanted):
+            found_seqs = self._index_calls(planned)
+            wanted = sorted({int(s) for answer in found_seqs if not isinstance(answer, Exception)
+                             for s in answer[1].ravel() if s >= 0})
+            documents = self.store.by_seqs(planned[0].row.id, wanted)
+            if len(documents) == len(wanted):
                 break
-        validation.check_response_size(found.values(), "top_k", text="text" in query.include,
-                                       metadata="metadata" in query.include)
-        return [_ranked(score_row, seq_row, found, row.metric == "l2", query.min_score)
-                for score_row, seq_row in zip(scores, seqs)]
+        return [answer if isinstance(answer, Exception) else _answer(plan, *answer, documents)
+                for plan, answer in zip(planned, found_seqs)]
+
+    def _index_calls(self, planned: list[_Planned]) -> list[tuple[np.ndarray, np.ndarray] | Exception]:
+        """(scores, seqs) of each search, one index call per group of searches."""
+        groups: dict[tuple[int, bytes | None], list[int]] = {}
+        for i, plan in enumerate(planned):
+            groups.setdefault(plan.group, []).append(i)
+        answers: list[tuple[np.ndarray, np.ndarray] | Exception] = [None] * len(planned)  # type: ignore[list-item]
+        for members in groups.values():
+            first = planned[members[0]]
+            vectors = first.vectors if len(members) == 1 else np.concatenate([planned[i].vectors for i in members])
+            try:
+                scores, seqs = self.engine.search(first.row.id, vectors, first.query.top_k, first.filter,
+                                                  first.query.filter)
+            except Exception as exc:
+                for i in members:
+                    answers[i] = exc
+                continue
+            start = 0
+            for i in members:
+                stop = start + len(planned[i].vectors)
+                answers[i] = (scores[start:stop], seqs[start:stop])
+                start = stop
+        return answers
+
+
+def _answer(plan: _Planned, scores: np.ndarray, seqs: np.ndarray,
+            documents: dict[int, StoredDocument]) -> list[list[Hit]] | Exception:
+    """One search's hits, each query's best first; or the error that its answer is too large."""
+    mine = {int(s): documents[int(s)] for s in seqs.ravel() if s >= 0 and int(s) in documents}
+    try:
+        validation.check_response_size(mine.values(), "top_k", text="text" in plan.query.include,
+                                       metadata="metadata" in plan.query.include)
+    except InvalidRequest as exc:
+        return exc
+    lower_is_better = plan.row.metric == "l2"
+    return [_ranked(score_row, seq_row, mine, lower_is_better, plan.query.min_score)
+            for score_row, seq_row in zip(scores, seqs)]
 
 
 def _ranked(scores: np.ndarray, seqs: np.ndarray, found: dict[int, StoredDocument], lower_is_better: bool,
