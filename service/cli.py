@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -54,9 +55,20 @@ def serve(args: argparse.Namespace) -> None:
     app = create_app(settings)
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: let that end in exit 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    loop, http = _http_stack()
+    logging.getLogger("service").info("HTTP stack: uvicorn, %s event loop, %s parser", loop, http)
     # log_config=None: uvicorn's records go through our handler (and format); the app writes the access log.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                timeout_graceful_shutdown=30, log_config=None, access_log=False)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), loop=loop,
+                http=http, timeout_graceful_shutdown=30, log_config=None, access_log=False)
+
+
+def _http_stack() -> tuple[str, str]:
+    """uvloop and httptools where installed (dependencies, except uvloop on Windows), else asyncio and h11."""
+    import importlib.util
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return loop, http
 
 
 def migrate_cmd(args: argparse.Namespace) -> None:
