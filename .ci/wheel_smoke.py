@@ -1,7 +1,7 @@
 """The installed wheel, used as a newcomer would: migrate, serve, one embedding, one upsert and search.
 
 Run by .ci/wheel-check with the Python of a fresh virtualenv that holds the wheel (not the checkout),
-from a working directory outside the checkout: ``python wheel_smoke.py PATH/TO/tests/tiny_model.py``.
+from a working directory outside the checkout: ``python wheel_smoke.py PATH/TO/benchmarks/tiny_model.py``.
 Standard library only (plus what the wheel installs). Every wait has a deadline; exit 1 on any failure.
 """
 

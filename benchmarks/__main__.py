@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks import DEFAULT_INDEXES
 
-SUITES = ["embeddings", "upsert", "search", "stall", "peers"]
+SUITES = ["front", "embeddings", "upsert", "search", "stall", "peers"]
 DEFAULT_MODELS_DIR = Path.home() / ".cache" / "embedsearch-tests" / "models"
 
 
@@ -184,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         waited = target.wait_ready(args.startup_timeout)
         results["server"]["ready_after_s"] = waited
         tqdm.write(f"server ready ({waited:.1f} s after the baseline model was loaded)")
-        from benchmarks import embeddings, peers, search, stall, upsert
+        from benchmarks import embeddings, front, peers, search, stall, upsert
 
-        runners = {"embeddings": embeddings.run, "upsert": upsert.run, "search": search.run, "stall": stall.run,
-                   "peers": peers.run}
+        runners = {"front": front.run, "embeddings": embeddings.run, "upsert": upsert.run, "search": search.run,
+                   "stall": stall.run, "peers": peers.run}
         for name in SUITES:
             if name not in args.suites:
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class Profile:
     search_seconds: float  # ...and in a search case (each concurrent worker still sends at least one)
     stall_size: int  # stall: vectors in the collection searched while snapshots run...
     stall_seconds: float  # ...for this long without writes, and as long with them
+    front_requests: int  # front: requests per route
 
     @classmethod
     def make(cls, quick: bool, sizes: list[int] | None, gpu: bool,
@@ -53,6 +55,7 @@ class Profile:
                 sizes=sizes or [10_000], batch100_docs=1000, text_batches=1, text_tokens=32, indexes=list(indexes),
                 search_concurrency=[1, 16], search_requests={1: 60, 16: 160}, search_queries=160,
                 embed_seconds=10, search_seconds=4, stall_size=(sizes or [10_000])[0], stall_seconds=4,
+                front_requests=1000,
             )
         return cls(
             quick=False, lengths=["short", "medium", "long"], concurrency=[1, 4, 16, 64],
@@ -61,7 +64,7 @@ class Profile:
             sizes=sizes or [100_000, 1_000_000], batch100_docs=5000, text_batches=3, text_tokens=32,
             indexes=list(indexes),
             search_concurrency=[1, 16], search_requests={1: 200, 16: 800}, search_queries=800,
-            embed_seconds=30, search_seconds=20, stall_size=150_000, stall_seconds=30,
+            embed_seconds=30, search_seconds=20, stall_size=150_000, stall_seconds=30, front_requests=4000,
         )
 
 
@@ -70,8 +73,14 @@ def collection_name(factory: str, n: int) -> str:
     return f"bench-{slug}-{n}-{secrets.token_hex(3)}"
 
 
-def upsert_body(vs: VectorSet, start: int, stop: int) -> bytes:
-    docs = [{"id": str(i), "vector": vs.vectors[i].tolist(), "metadata": vs.metadata(i)} for i in range(start, stop)]
+def wire_vector(vector: np.ndarray) -> str:
+    """A vector as the service takes it best: base64 of little-endian float32 (JSON floats work too)."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def upsert_body(vs: VectorSet, start: int, stop: int, *, binary: bool = True) -> bytes:
+    docs = [{"id": str(i), "vector": wire_vector(vs.vectors[i]) if binary else vs.vectors[i].tolist(),
+             "metadata": vs.metadata(i)} for i in range(start, stop)]
     return msgspec.json.encode({"documents": docs})
 
 

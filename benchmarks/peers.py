@@ -93,7 +93,18 @@ def chroma(ctx: Context) -> dict:
     return {"status": "ok", "version": importlib.metadata.version("chromadb"), "size": size,
             "server": "chroma run (HTTP on loopback, persistent)",
             "index": {"ours": f"HNSW32 ({ours.baseline.params})", "chroma": col["configuration_json"]["hnsw"]},
-            "cases": cases}
+            "cases": cases, "targets": [_chroma_target(case) for case in cases]}
+
+
+def _chroma_target(case: dict) -> dict:
+    """Ours / Chroma: upserts >= 2x, unfiltered searches >= 3x, filtered >= 5x."""
+    if case["workload"] == "upsert":
+        name, value, goal = f"upsert batch {case['batch']} / Chroma", case["ratio"]["throughput"], 2.0
+    else:
+        filtered = case["filter"] != "none"
+        name = f"search filter {case['filter']} c={case['concurrency']} / Chroma"
+        value, goal = case["ratio"]["qps"], 5.0 if filtered else 3.0
+    return {"name": name, "value": value, "target": f">= {goal:g}", "met": value >= goal}
 
 
 def llama_cpp(ctx: Context) -> dict:

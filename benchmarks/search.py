@@ -21,13 +21,14 @@ from faiss.contrib.exhaustive_search import knn_ground_truth
 from tqdm import tqdm
 
 from benchmarks.baseline import ivf_factory, selector
-from benchmarks.context import Context
+from benchmarks.context import Context, wire_vector
 from benchmarks.data import VectorSet
 from benchmarks.load import LoadClient, percentiles_ms, run_load
 
 TOP_K = 10
 FILTER = {"bucket": 3}  # each bucket holds 10% of the documents
 SELECTIVITY = 0.1
+QPS_TARGET = 0.5  # service / in-process at the highest concurrency
 EF_SWEEP = [16, 32, 64, 128, 256, 512]
 NPROBE_SWEEP = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -81,7 +82,7 @@ def search_load(target, path: str, bodies: list[bytes], ids_of: Callable[[dict],
 def service_search(ctx: Context, name: str, vs: VectorSet, filter_: dict | None, concurrency: int, total: int,
                    desc: str) -> tuple[dict, np.ndarray]:
     """The service's search endpoint, one query vector per request (bodies encoded before the clock)."""
-    bodies = [msgspec.json.encode({"vector": q.tolist(), "top_k": TOP_K, **({"filter": filter_} if filter_ else {})})
+    bodies = [msgspec.json.encode({"vector": wire_vector(q), "top_k": TOP_K, **({"filter": filter_} if filter_ else {})})
               for q in vs.queries]
     return search_load(ctx.target, f"/v1/collections/{name}/search", bodies,
                        lambda answer: [int(hit["id"]) for hit in answer["data"]], concurrency, total, desc,
@@ -174,4 +175,12 @@ def run(ctx: Context) -> dict:
                                f"{service['qps']:,.0f} QPS p50 {service['p50_ms']:.1f} ms recall {service['recall_at_10']:.3f}"
                                f" | in-process {baseline['qps']:,.0f} QPS recall {baseline['recall_at_10']:.3f}")
             ctx.drop_collection(loaded)  # frees memory before the next (bigger) size
+    result["targets"] = targets(cases, max(profile.search_concurrency))
     return result
+
+
+def targets(cases: list[dict], concurrency: int) -> list[dict]:
+    """Service QPS >= QPS_TARGET x in-process at ``concurrency`` (that many queries per FAISS call), per case."""
+    return [{"name": f"search {c['index']} x{c['size']:,} filter {c['filter']} c={concurrency} / in-process",
+             "value": c["ratio"]["qps"], "target": f">= {QPS_TARGET}", "met": c["ratio"]["qps"] >= QPS_TARGET}
+            for c in cases if c["concurrency"] == concurrency]

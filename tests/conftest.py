@@ -11,7 +11,7 @@ import pytest
 
 from service.settings import Settings
 from tests.postgres import PostgresUnavailable, fresh_database, start_postgres
-from tests.tiny_model import save_tiny_gemma
+from benchmarks.tiny_model import save_tiny_gemma
 
 API_KEY = "test-admin-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

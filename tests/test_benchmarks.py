@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_model import save_tiny_gemma
+from benchmarks.tiny_model import save_tiny_gemma
 
 pytestmark = pytest.mark.system
 
@@ -70,9 +70,16 @@ def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path: Path):
     assert {t["name"].split()[0] for t in embeddings["targets"]} == {"latency", "throughput"}
     upsert = results["suites"]["upsert"]
     assert {(c["input"], c["index"], c["batch"]) for c in upsert["cases"]} >= {
-        ("vectors", "Flat", 100), ("vectors", "Flat", 1000), ("vectors", "HNSW32", 100),
-        ("vectors", "HNSW32", 1000), ("texts", "Flat", 100), ("texts", "HNSW32", 100)}
+        ("vectors (base64)", "Flat", 100), ("vectors (base64)", "Flat", 1000), ("vectors (base64)", "HNSW32", 100),
+        ("vectors (base64)", "HNSW32", 1000), ("vectors (JSON floats)", "Flat", 1000), ("texts", "Flat", 100),
+        ("texts", "HNSW32", 100)}
     search = results["suites"]["search"]
+    assert len(search["targets"]) == sum(c["concurrency"] == 16 for c in search["cases"]) > 0
+    front = results["suites"]["front"]
+    assert front["status"] == "ok"
+    assert {c["route"] for c in front["cases"]} == {"models", "embeddings", "search"}
+    assert all(c["server_cpu_ms_per_request"] > 0 for c in front["cases"])
+    assert [t["target"] for t in front["targets"]] == ["<= 0.2 ms", "<= 0.3 ms", "<= 0.4 ms"]
     assert {re.match("[A-Za-z]+", c["index"]).group() for c in search["cases"]} == {"Flat", "HNSW", "IVF"}
     assert {c["filter"] == "none" for c in search["cases"]} == {True, False}
     assert all(0 < c["service"]["recall_at_10"] <= 1 for c in search["cases"])
@@ -88,7 +95,9 @@ def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path: Path):
     assert not bad, bad
 
     report = (out / "report.md").read_text()
-    for heading in ("## Machine", "## Targets", "## Embeddings", "## Upsert", "## Search", "## Stall", "## Peers"):
+    for suite in ("front", "embeddings", "search", "stall"):
+        assert f"| {suite} | " in report  # its targets in the table of all targets
+    for heading in ("## Machine", "## Targets", "## Front", "## Embeddings", "## Upsert", "## Search", "## Stall", "## Peers"):
         assert heading in report
     plots = sorted(out.glob("*.png"))
     assert plots, "no plot written"
