@@ -22,12 +22,14 @@ import numpy as np
 
 from benchmarks.context import Context
 from benchmarks.load import LoadClient, check
+from benchmarks.model import InProcessModel
 from benchmarks.server import ServerProcess
 from benchmarks.tiny_model import save_tiny_gemma
 
 CONCURRENCY = 64
 DIMENSION = 64
 DOCUMENTS = 1000
+TEXT = "hello world"
 TARGETS_MS = {"models": 0.2, "embeddings": 0.3, "search": 0.4}  # search: beyond FAISS
 
 
@@ -75,6 +77,18 @@ def _faiss_cpu_ms(vectors: np.ndarray, query: np.ndarray) -> float:
     return (time.process_time() - began) / n * 1000
 
 
+def _model_cpu_ms(models_file: Path, models_dir: Path, text: str) -> float:
+    """CPU time of the tiny model's own work for one input, forwarded in batches of CONCURRENCY of it (what
+    the batcher makes of CONCURRENCY one-input requests at best): tokenising and the forward pass."""
+    model = InProcessModel("tiny", str(models_file), models_dir, "cpu", "float32")
+    texts = [text] * CONCURRENCY
+    model.encoder.encode(model.tokenize(texts))
+    began, n = time.process_time(), 50
+    for _ in range(n):
+        model.encoder.encode(model.tokenize(texts))
+    return (time.process_time() - began) / (n * CONCURRENCY) * 1000
+
+
 def run(ctx: Context) -> dict:
     if not ctx.target.started_here:
         return {"status": "skipped", "reason": "needs a server this run starts (its process CPU is read from /proc)"}
@@ -99,13 +113,16 @@ def run(ctx: Context) -> dict:
         routes = {
             "models": ("GET", "/v1/models", None),
             "embeddings": ("POST", "/v1/embeddings",
-                           msgspec.json.encode({"model": "tiny", "input": "hello world", "encoding_format": "base64"})),
+                           msgspec.json.encode({"model": "tiny", "input": TEXT, "encoding_format": "base64"})),
             "search": ("POST", "/v1/collections/front/search", msgspec.json.encode({"vector": query.tolist(), "top_k": 10})),
         }
         cases = {name: asyncio.run(_load(server, *route, total)) for name, route in routes.items()}
     finally:
         server.stop()
     faiss_ms = _faiss_cpu_ms(vectors, query)
+    model_ms = _model_cpu_ms(models_file, work / "models", TEXT)
+    cases["embeddings"]["model_cpu_ms"] = model_ms
+    cases["embeddings"]["beyond_model_ms"] = cases["embeddings"]["server_cpu_ms_per_request"] - model_ms
     cases["search"]["faiss_cpu_ms"] = faiss_ms
     cases["search"]["beyond_faiss_ms"] = cases["search"]["server_cpu_ms_per_request"] - faiss_ms
     targets = []

@@ -109,8 +109,10 @@ class Search:
         again until every hit's document is still there; each search's hits, or its own error."""
         for _ in range(RETRIES):
             found_seqs = self._index_calls(planned)
-            wanted = sorted({int(s) for answer in found_seqs if not isinstance(answer, Exception)
-                             for s in answer[1].ravel() if s >= 0})
+            seqs = [answer[1].ravel() for answer in found_seqs if not isinstance(answer, Exception)]
+            wanted = np.unique(np.concatenate(seqs)).tolist() if seqs else []
+            if wanted and wanted[0] < 0:  # -1: fewer hits than top_k
+                wanted = wanted[1:]
             documents = self.store.by_seqs(planned[0].row.id, wanted)
             if len(documents) == len(wanted):
                 break
@@ -144,7 +146,7 @@ class Search:
 def _answer(plan: _Planned, scores: np.ndarray, seqs: np.ndarray,
             documents: dict[int, StoredDocument]) -> list[list[Hit]] | Exception:
     """One search's hits, each query's best first; or the error that its answer is too large."""
-    mine = {int(s): documents[int(s)] for s in seqs.ravel() if s >= 0 and int(s) in documents}
+    mine = {s: documents[s] for s in seqs.ravel().tolist() if s in documents}  # -1 (no hit) is never a seq
     try:
         validation.check_response_size(mine.values(), "top_k", text="text" in plan.query.include,
                                        metadata="metadata" in plan.query.include)
@@ -158,7 +160,7 @@ def _answer(plan: _Planned, scores: np.ndarray, seqs: np.ndarray,
 def _ranked(scores: np.ndarray, seqs: np.ndarray, found: dict[int, StoredDocument], lower_is_better: bool,
             min_score: float | None) -> list[Hit]:
     """One query's hits: above ``min_score`` (below it for l2), best first, ties by age (seq)."""
-    pairs = [(float(score), int(seq)) for score, seq in zip(scores, seqs) if seq >= 0 and int(seq) in found]
+    pairs = [(score, seq) for score, seq in zip(scores.tolist(), seqs.tolist()) if seq in found]
     if min_score is not None:
         pairs = [(s, q) for s, q in pairs if (s <= min_score if lower_is_better else s >= min_score)]
     pairs.sort(key=lambda p: (p[0] if lower_is_better else -p[0], p[1]))

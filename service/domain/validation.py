@@ -72,8 +72,9 @@ def vector(values: Sequence[float] | np.ndarray, row: CollectionRow, where: str,
 
 
 def normalisable(vectors: np.ndarray) -> np.ndarray:
-    """Which rows have a length to divide by (cosine); in float64, so tiny float32 values still count."""
-    return np.linalg.norm(vectors.astype(np.float64), axis=1) > 0
+    """Which rows of a float32 array have a length to divide by (cosine): those with a nonzero entry. The
+    index normalises in float64, where the square of the smallest float32 is still above zero."""
+    return vectors.any(axis=1)
 
 
 def check_embedded(vectors: np.ndarray, row: CollectionRow, names: list[str], param: str) -> None:

@@ -7,6 +7,7 @@ written on its behalf, the access log line included, carries it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -26,8 +27,13 @@ _NOT_ALLOWED = re.compile(r"[^A-Za-z0-9._~:/+=@-]")
 LOG_FORMATS = ("text", "json")
 
 
+_ID_PREFIX = os.urandom(8).hex()  # this process's, random: ids from different processes and runs differ
+_ID_COUNTER = itertools.count()
+
+
 def new_request_id() -> str:
-    return os.urandom(16).hex()  # 32 hex digits, like uuid4().hex at a fifth of its cost
+    """32 hex digits, unique: this process's random half, then a counter (no system call per request)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def sanitise_request_id(raw: str | None) -> str:
