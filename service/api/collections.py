@@ -10,7 +10,6 @@ from litestar.params import Parameter
 
 from service.api import wire
 from service.api.paths import document_id
-from service.api.state import caller, services
 from service.api.responses import errors
 from service.api.schemas import (
     BatchSearchResponse,
@@ -29,6 +28,7 @@ from service.api.schemas import (
     UpsertResponse,
     Usage,
 )
+from service.api.state import caller, services
 from service.domain.search import Query
 from service.errors import InvalidRequest
 
@@ -58,13 +58,14 @@ class CollectionsController(Controller):
 
     @post("/", status_code=201, summary="Create a collection", responses=errors(404, 409, 413))
     async def create(self, data: CollectionCreate, request: Request) -> Collection:
-        info = await services(request).collections.create(caller(request).tenant, data.name, model=data.model, dimension=data.dimension,
-                                        metric=data.metric, index=data.index)
+        info = await services(request).collections.create(caller(request).tenant, data.name, model=data.model,
+                                                          dimension=data.dimension, metric=data.metric, index=data.index)
         return wire.collection(info)
 
     @get("/", summary="List your collections", responses=errors())
     async def list_collections(self, request: Request) -> CollectionList:
-        return CollectionList(data=[wire.collection(info) for info in await services(request).collections.list(caller(request).tenant)])
+        infos = await services(request).collections.list(caller(request).tenant)
+        return CollectionList(data=[wire.collection(info) for info in infos])
 
     @get("/{name:str}", summary="Describe a collection", responses=errors(404))
     async def get_collection(self, name: str, request: Request) -> Collection:
@@ -94,8 +95,8 @@ class CollectionsController(Controller):
         filter: Annotated[str | None, Parameter(description="metadata filter as JSON")] = None,
     ) -> DocumentPage:
         docs, more = await services(request).documents.page(caller(request).tenant, name, limit=limit,
-                                          after=wire.decode_cursor(cursor) if cursor else None,
-                                          filter=wire.filter_param(filter))
+                                                             after=wire.decode_cursor(cursor) if cursor else None,
+                                                             filter=wire.filter_param(filter))
         return DocumentPage(data=[wire.document(d, False) for d in docs], has_more=more,
                             next_cursor=wire.encode_cursor(docs[-1].id) if more else None)
 
@@ -122,10 +123,9 @@ class CollectionsController(Controller):
 
     @post("/{name:str}/documents/delete", status_code=200, summary="Delete documents by ids and/or filter",
           responses=errors(404, 413))
-    async def delete_documents(
-        self, name: str, data: DeleteRequest, request: Request
-    ) -> DeleteResponse:
-        return DeleteResponse(deleted=await services(request).documents.delete_many(caller(request).tenant, name, data.ids, data.filter))
+    async def delete_documents(self, name: str, data: DeleteRequest, request: Request) -> DeleteResponse:
+        deleted = await services(request).documents.delete_many(caller(request).tenant, name, data.ids, data.filter)
+        return DeleteResponse(deleted=deleted)
 
     @post("/{name:str}/search", status_code=200, summary="Similarity search by text or vector, with filters",
           responses=errors(404, 413))

@@ -17,8 +17,9 @@ class EmbeddingsController(Controller):
 
     @post("/", status_code=200, summary="Create embeddings (OpenAI-compatible)", responses=errors(404, 413))
     async def create(self, data: EmbeddingRequest, request: Request) -> EmbeddingResponse:
-        vectors, tokens = await services(request).embeddings.embed(data.model, data.input, dimensions=data.dimensions,
-                                                 truncate=data.truncate, key=caller(request).tenant)  # tenants share fairly
+        vectors, tokens = await services(request).embeddings.embed(
+            data.model, data.input, dimensions=data.dimensions, truncate=data.truncate,
+            key=caller(request).tenant)  # tenants share the encoder fairly
         if data.encoding_format == "base64":  # little-endian float32, as OpenAI
             items = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
         else:

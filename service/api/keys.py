@@ -27,7 +27,8 @@ class KeysController(Controller):
 
     @get("/", summary="List the keys (admin keys only; never the keys themselves)", responses=errors(403))
     async def list_keys(self, request: Request) -> ApiKeyList:
-        return ApiKeyList(data=[_key(record) for record in await services(request).authenticator.records(caller(request))])
+        records = await services(request).authenticator.records(caller(request))
+        return ApiKeyList(data=[_key(record) for record in records])
 
     @delete("/{key_id:int}", status_code=200, summary="Revoke a key (admin keys only)", responses=errors(403, 404))
     async def revoke(self, key_id: int, request: Request) -> Deleted:
