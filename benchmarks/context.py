@@ -133,8 +133,9 @@ class Context:
 
     # -- vector data ----------------------------------------------------------------------------
     def vectors(self, n: int) -> VectorSet:
-        """The first ``n`` vectors of one data set of the largest size (smaller sizes are its prefixes)."""
-        biggest = max(self.profile.sizes)
+        """The first ``n`` vectors of one data set of the largest size any suite loads (the stall suite's
+        may be above --sizes); smaller sizes are its prefixes."""
+        biggest = max(*self.profile.sizes, self.profile.stall_size)
         if self._vectors is None:
             started = time.perf_counter()
             self._vectors = clustered_vectors(biggest, self.dimension, self.profile.search_queries, seed=1)

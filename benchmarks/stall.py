@@ -17,7 +17,7 @@ import time
 import msgspec
 import numpy as np
 
-from benchmarks.context import Context
+from benchmarks.context import Context, wire_vector
 from benchmarks.load import LoadClient, check, percentiles_ms
 
 CLIENTS = 4
@@ -83,7 +83,7 @@ def run(ctx: Context) -> dict:
     seconds = ctx.profile.stall_seconds
     loaded = ctx.collection("Flat", size)
     vs = ctx.vectors(size)
-    bodies = [msgspec.json.encode({"vector": q.tolist(), "top_k": 10}) for q in vs.queries]
+    bodies = [msgspec.json.encode({"vector": wire_vector(q), "top_k": 10}) for q in vs.queries]
     check(ctx.http.post(f"/v1/collections/{loaded.name}/search", json={"vector": vs.queries[0].tolist()}))
     settle(ctx)
     phases = {}
