@@ -1,5 +1,5 @@
 """Vectors on the wire as base64 of little-endian float32, as the embeddings answer: the same as JSON
-numbers, a tenth of the bytes; bad base64 is a 400 naming the field."""
+numbers, a quarter of the bytes; bad base64 is a 400 naming the field."""
 
 from __future__ import annotations
 

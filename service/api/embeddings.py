@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-
 from litestar import Controller, Request, post
 
+from service.api import wire
 from service.api.responses import errors
 from service.api.schemas import Embedding, EmbeddingRequest, EmbeddingResponse, Usage
 from service.api.state import caller, services
@@ -21,7 +20,7 @@ class EmbeddingsController(Controller):
             data.model, data.input, dimensions=data.dimensions, truncate=data.truncate,
             key=caller(request).tenant)  # tenants share the encoder fairly
         if data.encoding_format == "base64":  # little-endian float32, as OpenAI
-            items = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+            items = [wire.vector_out(v.astype("<f4").tobytes(), "base64") for v in vectors]
         else:
             items = vectors.tolist()
         return EmbeddingResponse(data=[Embedding(index=i, embedding=item) for i, item in enumerate(items)],

@@ -71,7 +71,7 @@ Metric = Literal["cosine", "dot", "l2"]
 Filter = dict[str, Any]
 Include = Literal["text", "metadata", "vector"]
 # A vector as JSON numbers, or as base64 of its little-endian float32 bytes (the embeddings' base64 format):
-# a tenth of the bytes to send and to parse.
+# a quarter of the bytes to send and to parse.
 Vector = list[float] | str
 EncodingFormat = Literal["float", "base64"]
 
