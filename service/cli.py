@@ -33,33 +33,92 @@ def _engine(settings: Settings):
     return engine
 
 
-def setup_logging(level: str, fmt: str = "text") -> None:
+def setup_logging(level: str, fmt: str = "text", process: str = "") -> None:
     """Text for people (default) or JSON lines (EMBEDSEARCH_LOG_FORMAT=json), to stderr, request ids included."""
     from service.observability.logging import setup_logging as setup
 
-    setup(level, fmt)
+    setup(level, fmt, process)
 
 
-def serve(args: argparse.Namespace) -> None:
-    settings = _settings(args)
+def _process_setup(settings: Settings, process: str = "") -> None:
     if settings.log_format == "json":  # JSON lines only on stderr: no progress bars (read when tqdm is imported)
         from service.observability.logging import disable_progress_bars
 
         disable_progress_bars()
+    setup_logging(settings.log_level, settings.log_format, process)
 
+
+def serve(args: argparse.Namespace) -> None:
+    """The server: HTTP workers and an engine process (service/supervisor.py), or with 0 workers one process."""
+    settings = _settings(args)
+    _process_setup(settings)
+    workers = settings.http_workers
+    if workers == 0:
+        _uvicorn(settings)
+        return
+    from service import supervisor
+    from service.api.app import ensure_admin_key
+    from service.store.keys import KeyStore
+
+    database = _engine(settings)  # migrated once here, before any worker starts
+    try:
+        ensure_admin_key(KeyStore(database), settings)
+    finally:
+        database.dispose()
+    supervisor.run(settings, workers)
+
+
+def worker_cmd(args: argparse.Namespace) -> None:
+    """One HTTP worker (started by ``serve``): the app on the listening socket it inherited, fed by the engine."""
+    settings = _settings(args)
+    _process_setup(settings, args.name)
+    import socket
+
+    # Not uvicorn's own fd= (it takes any fd for a Unix socket, and so leaves TCP_NODELAY off: 40 ms a response).
+    _uvicorn(settings, engine_address=args.address, sock=socket.socket(fileno=args.fd))
+
+
+def engine_cmd(args: argparse.Namespace) -> None:
+    """The engine process (started by ``serve``): models and indexes, answering the workers on ``--address``."""
+    import asyncio
+
+    from service.engine.engine import Engine
+    from service.engine.registry import Registry
+    from service.engine.server import serve as serve_engine
+    from service.store.db import make_engine
+    from service.store.documents import DocumentStore
+
+    settings = _settings(args)
+    _process_setup(settings, "engine")
+    database = make_engine(settings.sqlalchemy_url)
+    engine = Engine(settings, Registry.load(settings.models_file), DocumentStore(database))
+    loop, _ = _http_stack()
+    try:
+        if loop == "uvloop":
+            import uvloop
+
+            uvloop.run(serve_engine(engine, args.address, settings.model_cache))
+        else:
+            asyncio.run(serve_engine(engine, args.address, settings.model_cache))
+    finally:
+        database.dispose()
+
+
+def _uvicorn(settings: Settings, *, engine_address: str | None = None, sock: object = None) -> None:
+    """Serve the app on ``settings``' host and port, or on the listening socket ``sock`` (an HTTP worker's)."""
     import uvicorn
 
     from service.api.app import create_app
 
-    setup_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
+    app = create_app(settings, engine_address=engine_address)
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: let that end in exit 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     loop, http = _http_stack()
     logging.getLogger("service").info("HTTP stack: uvicorn, %s event loop, %s parser", loop, http)
     # log_config=None: uvicorn's records go through our handler (and format); the app writes the access log.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), loop=loop,
-                http=http, timeout_graceful_shutdown=30, log_config=None, access_log=False)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                            loop=loop, http=http, timeout_graceful_shutdown=30, log_config=None, access_log=False)
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
 
 
 def _http_stack() -> tuple[str, str]:
@@ -131,6 +190,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.set_defaults(func=serve)
+
+    # The processes `serve` starts (service/supervisor.py); not for use by hand.
+    p = with_data_dir(commands.add_parser("engine", help=argparse.SUPPRESS))
+    p.add_argument("--address", required=True)
+    p.set_defaults(func=engine_cmd)
+    p = with_data_dir(commands.add_parser("worker", help=argparse.SUPPRESS))
+    p.add_argument("--address", required=True)
+    p.add_argument("--fd", type=int, required=True)
+    p.add_argument("--name", default="worker", help="its name in the log")
+    p.set_defaults(func=worker_cmd)
 
     p = with_data_dir(commands.add_parser("migrate", help="create or upgrade the database schema"))
     p.set_defaults(func=migrate_cmd)

@@ -58,3 +58,15 @@ class Overloaded(Unavailable):
     """A queue is full, or a request into the engine passed its deadline."""
 
     code = "overloaded"
+
+
+class IndexGone(Unavailable):
+    """A collection's index was dropped or set aside while a request was on its way to it (another HTTP
+    worker deleted the collection, say): the client retries, and then hears what became of it."""
+
+    code = "collection_changed"
+
+    def __init__(self, collection_id: int) -> None:
+        super().__init__(f"The collection changed while this request ran (index {collection_id} is no longer "
+                         "served); retry.", retry_after=1)
+        self.collection_id = collection_id

@@ -34,6 +34,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # load to wait for the last batch's clients to come back (a fraction of that batch's forward time),
     # pending inputs before new requests are refused with 503.
     batch_tokens: int = 0  # 0 = 2048 on CPU, 131072 on CUDA
+    # On a GPU, replay CUDA graphs captured at start-up (bucketed batch shapes) instead of launching each
+    # kernel from Python; false: always eager. Ignored on the CPU.
+    cuda_graphs: bool = True
     batch_max_inputs: int = 256
     batch_wait_ms: float = 2.0
     batch_patience: float = 0.25
@@ -53,6 +56,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Seconds between FAISS index snapshots (writes are durable in SQL at once; snapshots shorten replay);
     # a collection whose last snapshot took T seconds waits at least 10 T.
     snapshot_seconds: float = 10.0
+    # HTTP worker processes, all feeding one engine process (models and indexes); 0 runs everything in
+    # one process. Unset: half the CPU cores, 1 to 8.
+    workers: Annotated[int, msgspec.Meta(ge=0, le=256)] | None = None
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
     # Per-API-key token bucket: average requests per second (0 = no limit) and burst (0 = one second's worth).
@@ -66,6 +72,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def model_cache(self) -> Path:
         return Path(self.models_dir) if self.models_dir else self.data_dir / "models"
+
+    @property
+    def http_workers(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return max(1, min(8, (os.cpu_count() or 2) // 2))
 
     @property
     def served_models(self) -> list[str]:

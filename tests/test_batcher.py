@@ -65,6 +65,32 @@ async def test_a_large_request_is_split_into_batches_by_token_budget(encoder: En
     assert max(padded) <= 128
 
 
+async def test_an_encoder_that_can_queue_gets_the_next_batch_before_the_last_is_read(encoder: Encoder):
+    """Pipelining (CUDA graphs on a GPU): batch n+1 is submitted before batch n's vectors are waited for, and
+    every request still gets its own vectors."""
+    sequences = encoder.tokenize(sentences(24, seed=3))
+    expected = np.concatenate([encoder.encode([s]) for s in sequences])
+    events: list[str] = []
+
+    def submit(batch: list[list[int]]):
+        number = sum(event.startswith("submit") for event in events)
+        events.append(f"submit {number}")
+
+        def result() -> np.ndarray:
+            events.append(f"result {number}")
+            return encoder.encode(batch)
+        return result
+
+    batcher = Batcher(encoder.encode, encoder.dimension, max_batch=8, max_wait=0.05, submit=submit)
+    try:
+        result = await batcher.embed(sequences)
+    finally:
+        await batcher.stop()
+    np.testing.assert_allclose(result, expected, atol=1e-5)
+    assert events == ["submit 0", "submit 1", "result 0", "submit 2", "result 1", "result 2"]
+    assert batcher.stats.forward_passes == 3 and batcher.stats.sequences == 24
+
+
 async def test_sorting_by_length_keeps_padding_small():
     seen: list[list[int]] = []
 

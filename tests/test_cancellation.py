@@ -179,9 +179,9 @@ async def test_a_cancelled_create_or_delete_still_finishes_its_bookkeeping(setti
     await cancelled_mid_commit("create_collection", collections.create("t", "c", model=None, dimension=2,
                                                                        metric="cosine", index="Flat"))
     row = store.get_collection("t", "c")
-    assert services.engine.index_state(row.id) == "ready"  # made with its row, not only on first use
+    assert await services.engine.index_state(row.id) == "ready"  # made with its row, not only on first use
     await cancelled_mid_commit("delete_collection", collections.delete("t", "c"))
-    assert store.get_collection("t", "c") is None and services.engine.index_state(row.id) is None
+    assert store.get_collection("t", "c") is None and await services.engine.index_state(row.id) is None
     with pytest.raises(NotFound):
         await collections.get("t", "c")
     database.dispose()

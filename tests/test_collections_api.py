@@ -394,7 +394,7 @@ async def test_periodic_snapshots_are_spaced_by_their_own_duration(client, monke
     await make(client, "s", dimension=2)
     await upsert(client, "s", [{"id": "a", "vector": [1, 0]}])
     row = await client.app.state.services.collections.get("admin", "s")
-    live = next(live for live in engine.live_indexes() if live.row.id == row.id)
+    live = next(live for live in engine.indexes.live() if live.row.id == row.id)
     from index import Snapshot
 
     write = Snapshot.write

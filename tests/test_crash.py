@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import API_KEY
 from tests.server import ServerProcess
+from tests.test_processes import alive, children, wait_for
 
 pytestmark = pytest.mark.system
 
@@ -58,7 +59,7 @@ def writer(url: str, name: str, acked: dict[str, list[float]], deleted: set[str]
 @pytest.mark.parametrize("index", ["Flat", "HNSW32"])
 def test_sigkill_mid_stream_loses_no_acknowledged_write(tmp_path: Path, models_file: Path, index: str):
     env = {"EMBEDSEARCH_API_KEY": API_KEY, "EMBEDSEARCH_MODELS": "tiny", "EMBEDSEARCH_MODELS_FILE": str(models_file),
-           "EMBEDSEARCH_SNAPSHOT_SECONDS": "0.3"}
+           "EMBEDSEARCH_SNAPSHOT_SECONDS": "0.3", "EMBEDSEARCH_WORKERS": "2"}  # SIGKILL takes the engine too
     server = ServerProcess(tmp_path / "data", env).start()
     try:
         httpx.post(server.url + "/v1/collections", json={"name": "c", "dimension": DIM, "index": index},
@@ -70,9 +71,12 @@ def test_sigkill_mid_stream_loses_no_acknowledged_write(tmp_path: Path, models_f
         thread = threading.Thread(target=writer, args=(server.url, "c", acked, deleted, in_flight, stop))
         thread.start()
         time.sleep(2.5)  # several snapshots happen meanwhile
+        processes = [server.proc.pid, *children(server.proc.pid)]
         server.kill()
         stop.set()
         thread.join(timeout=30)
+        for pid in processes:  # the engine and the workers die with the server
+            wait_for(lambda: not alive(pid), 10, f"process {pid} to die")
     finally:
         server.kill()
     assert len(acked) > 100

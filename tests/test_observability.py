@@ -7,7 +7,6 @@ import logging
 import math
 import re
 import sys
-from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine
 
-from service.engine.batcher import BatcherStats
+from service.engine.protocol import ModelState
 from service.observability.logging import JsonFormatter, RequestIdFilter, TextFormatter, request_id, sanitise_request_id
 from service.observability.metrics import Metrics, _BatchSizes
 from tests.conftest import API_KEY
@@ -183,30 +182,34 @@ async def test_metrics_need_no_key_but_a_wrong_key_does_not_break_them(client):
 
 
 def test_batch_size_histogram_takes_each_pass_once_from_the_window():
-    class FakeBatcher:
-        def __init__(self):
-            self.stats = BatcherStats(recent_batch_sizes=deque(maxlen=4))
+    class Engine:  # what the engine's status says of one model's batcher, scrape after scrape
+        def __init__(self, started: float):
+            self.started = started
+            self.state = ModelState("ready", 0)
 
         def run(self, size):
-            self.stats.forward_passes += 1
-            self.stats.sequences += size
-            self.stats.recent_batch_sizes.append(size)
+            self.state.forward_passes += 1
+            self.state.sequences += size
+            self.state.recent_batch_sizes = [*self.state.recent_batch_sizes, size][-4:]
 
-    batcher, sizes = FakeBatcher(), _BatchSizes()
+        def update(self, sizes):
+            sizes.update(self.started, self.state)
+
+    engine, sizes = Engine(1.0), _BatchSizes()
     for size in (1, 3, 200):
-        batcher.run(size)
-    sizes.update(batcher)
-    sizes.update(batcher)
+        engine.run(size)
+    engine.update(sizes)
+    engine.update(sizes)
     assert sizes.histogram.count == 3 and sizes.histogram.sum == 204
     for size in (2, 2, 2, 2, 5, 6):  # more than the window: only the last 4 can be bucketed
-        batcher.run(size)
-    sizes.update(batcher)
+        engine.run(size)
+    engine.update(sizes)
     assert sizes.histogram.count == 7 and sizes.histogram.sum == 204 + 2 + 2 + 5 + 6
     cumulative = dict(sizes.histogram.cumulative())
     assert cumulative["1"] == 1 and cumulative["2"] == 3 and cumulative["4"] == 4 and cumulative["256"] == 7
-    fresh = FakeBatcher()  # a replaced batcher (counters from zero) is followed, not misread
+    fresh = Engine(2.0)  # a restarted engine (counters from zero) is followed, not misread
     fresh.run(8)
-    sizes.update(fresh)
+    fresh.update(sizes)
     assert sizes.histogram.count == 8
 
 
@@ -368,7 +371,8 @@ async def test_ready_when_models_loaded_and_database_answers(client):
     assert response.status_code == 200
     assert response.json() == {"status": "ready", "models": {"tiny": "ready", "tiny-last": "ready",
                                                              "tiny-dense": "ready"}, "database": "ok",
-                               "collections": {"failed": []}}
+                               "collections": {"failed": []},
+                               "processes": {"engine": "ok", "workers": 0, "expected_workers": 0}}
 
 
 @pytest.mark.integration
@@ -402,7 +406,8 @@ async def test_not_ready_when_the_database_does_not_answer_but_still_alive(clien
     assert response.status_code == 503
     assert response.json() == {"status": "not_ready", "models": {"tiny": "ready", "tiny-last": "ready",
                                                                  "tiny-dense": "ready"}, "database": "error",
-                               "collections": {"failed": []}}
+                               "collections": {"failed": []},
+                               "processes": {"engine": "ok", "workers": 0, "expected_workers": 0}}
     assert "no-such-dir" not in response.text
     assert health.status_code == 200 and health.json()["status"] == "ready"  # liveness is not readiness
     assert (await client.get("/ready")).status_code == 200

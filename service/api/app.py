@@ -17,6 +17,8 @@ from litestar import Litestar
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
+from typing import TYPE_CHECKING
+
 from sqlalchemy import Engine as Database
 
 from service.api.auth import BearerAuth
@@ -37,7 +39,7 @@ from service.domain.embeddings import Embeddings
 from service.domain.health import Health
 from service.domain.keys import Keys
 from service.domain.search import Search
-from service.engine.engine import Engine
+from service.engine.client import EngineClient
 from service.engine.registry import Registry
 from service.observability.metrics import Metrics
 from service.observability.middleware import instrument
@@ -47,6 +49,9 @@ from service.store.db import make_engine
 from service.store.documents import DocumentStore
 from service.store.keys import ADMIN_TENANT, KeyStore
 
+if TYPE_CHECKING:
+    from service.engine.engine import Engine
+
 log = logging.getLogger("service")
 
 
@@ -55,7 +60,7 @@ class Services:
     settings: Settings
     database: Database
     keys: KeyStore
-    engine: Engine
+    engine: Engine | EngineClient
     authenticator: Keys
     embeddings: Embeddings
     collections: Collections
@@ -64,17 +69,25 @@ class Services:
     health: Health
 
 
-def build(settings: Settings, registry: Registry, database: Database) -> Services:
-    """Every part, wired: store -> engine -> domain."""
+def build(settings: Settings, registry: Registry, database: Database, engine_address: str | None = None) -> Services:
+    """Every part, wired: store -> engine -> domain. With ``engine_address`` (an HTTP worker's), the engine is
+    the engine process listening there; else it runs in this process."""
     store = DocumentStore(database)
     keys = KeyStore(database)
-    engine = Engine(settings, registry, store)
+    engine: Engine | EngineClient
+    if engine_address is None:
+        from service.engine.engine import Engine  # torch and the models: never imported by an HTTP worker
+
+        engine = Engine(settings, registry, store)
+    else:
+        engine = EngineClient(settings, registry, engine_address)
     embeddings = Embeddings(engine, max_inputs=settings.max_inputs, max_request_tokens=settings.max_request_tokens,
                             truncate=settings.truncate)
     collections = Collections(store, engine, embeddings)
     documents = Documents(store, engine, collections, embeddings)
     return Services(settings, database, keys, engine, Keys(keys, settings.api_key), embeddings, collections,
-                    documents, Search(store, engine, collections, documents), Health(engine, database))
+                    documents, Search(store, engine, collections, documents),
+                    Health(engine, database, 0 if engine_address is None else settings.http_workers))
 
 
 def ensure_admin_key(keys: KeyStore, settings: Settings) -> str | None:
@@ -91,16 +104,20 @@ def ensure_admin_key(keys: KeyStore, settings: Settings) -> str | None:
     return key
 
 
-def create_app(settings: Settings, registry: Registry | None = None) -> Litestar:
+def create_app(settings: Settings, registry: Registry | None = None, engine_address: str | None = None) -> Litestar:
+    """The HTTP app; with ``engine_address``, an HTTP worker's (service/supervisor.py has migrated the database
+    and made the first key), reaching the engine process there."""
     registry = registry or Registry.load(settings.models_file)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         database = make_engine(settings.sqlalchemy_url)
-        migrate.upgrade(database)
-        services = build(settings, registry, database)
-        ensure_admin_key(services.keys, settings)
+        if engine_address is None:
+            migrate.upgrade(database)
+        services = build(settings, registry, database, engine_address)
+        if engine_address is None:
+            ensure_admin_key(services.keys, settings)
         await services.engine.start()
         app.state.authenticator = services.authenticator
         app.state.services = services
@@ -110,7 +127,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
             await services.engine.stop()
             database.dispose()
 
-    limiter = RateLimiter.from_settings(settings)  # per-key token buckets, owned by this app
+    # Per-key token buckets, owned by this app; each HTTP worker holds its share of the rate.
+    limiter = RateLimiter.from_settings(settings, 1 if engine_address is None else settings.http_workers)
     app = Litestar(
         route_handlers=[EmbeddingsController, ModelsController, CollectionsController, KeysController, health, ready,
                         metrics_endpoint],

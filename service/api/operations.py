@@ -11,6 +11,7 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from service.api.schemas import Health as HealthBody
 from service.api.state import services
+from service.errors import Unavailable
 from service.observability.metrics import CONTENT_TYPE, Metrics
 
 
@@ -20,11 +21,18 @@ class CollectionsHealth(msgspec.Struct, kw_only=True):
     failed: list[int]
 
 
+class ProcessesHealth(msgspec.Struct, kw_only=True):
+    engine: Literal["ok", "unavailable"]  # the engine process (models and indexes) answers
+    workers: int  # HTTP worker processes connected to it (0: everything runs in one process)
+    expected_workers: int  # EMBEDSEARCH_WORKERS: ready once every one is connected
+
+
 class Ready(msgspec.Struct, kw_only=True):
     status: Literal["ready", "not_ready"]
     models: dict[str, str]  # name -> loading | ready | error
     database: Literal["ok", "error"]
     collections: CollectionsHealth
+    processes: ProcessesHealth
 
 
 @get("/health", exclude_from_auth=True, tags=["health"], summary="Liveness and model readiness")
@@ -46,7 +54,9 @@ async def ready(request: Request) -> Response[Ready]:
     state = await services(request).health.readiness()
     body = Ready(status="ready" if state.ready else "not_ready", models=state.models,
                  database="ok" if state.database else "error",
-                 collections=CollectionsHealth(failed=state.failed_collections))
+                 collections=CollectionsHealth(failed=state.failed_collections),
+                 processes=ProcessesHealth(engine="ok" if state.engine else "unavailable", workers=state.workers,
+                                           expected_workers=state.expected_workers))
     return Response(body, status_code=200 if state.ready else 503)
 
 
@@ -56,9 +66,14 @@ async def ready(request: Request) -> Response[Ready]:
     tags=["operations"],
     summary="Prometheus metrics (text exposition format 0.0.4)",
     media_type=CONTENT_TYPE,
-    sync_to_thread=False,
 )
-def metrics_endpoint(state: State) -> Response[str]:
+async def metrics_endpoint(state: State) -> Response[str]:
     registry: Metrics = state.metrics
     services = state.get("services")
-    return Response(registry.render(services.engine if services else None), media_type=CONTENT_TYPE)
+    engine = None
+    if services is not None:
+        try:
+            engine = await services.engine.status()
+        except Unavailable:  # the engine process is being restarted: the HTTP series alone
+            pass
+    return Response(registry.render(engine), media_type=CONTENT_TYPE)

@@ -36,12 +36,14 @@ class RateLimiter:
         self._buckets: OrderedDict[Hashable, list[float]] = OrderedDict()  # key -> [tokens, last refill]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RateLimiter | None:
-        """None when rate limiting is off (``rate_limit_rps`` 0 or inf). Burst 0 means one second's worth."""
+    def from_settings(cls, settings: Settings, shares: int = 1) -> RateLimiter | None:
+        """None when rate limiting is off (``rate_limit_rps`` 0 or inf). Burst 0 means one second's worth.
+        ``shares``: the HTTP workers the rate is split across (each gets its share; the kernel spreads
+        connections across them about evenly)."""
         if not 0 < settings.rate_limit_rps < math.inf:
             return None
         burst = settings.rate_limit_burst or math.ceil(settings.rate_limit_rps)
-        return cls(settings.rate_limit_rps, burst)
+        return cls(settings.rate_limit_rps / shares, max(1, math.ceil(burst / shares)))
 
     def __len__(self) -> int:
         return len(self._buckets)

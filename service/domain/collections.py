@@ -13,13 +13,15 @@ import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from service.domain import validation
 from service.domain.embeddings import Embeddings
-from service.engine.engine import Engine
 from service.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from service.store.documents import CollectionRow, DocumentStore, DuplicateCollection
+
+if TYPE_CHECKING:
+    from service.engine.engine import Engine
 
 T = TypeVar("T")
 
@@ -48,7 +50,7 @@ async def to_the_end(work: Awaitable[T]) -> T:
         raise
 
 
-def _not_found(name: str) -> NotFound:
+def not_found(name: str) -> NotFound:
     return NotFound(f"No collection named `{name}`.", param="name", code="collection_not_found")
 
 
@@ -69,7 +71,13 @@ class Collections:
     async def get(self, tenant: str, name: str) -> CollectionRow:
         """The collection, ready for searches and writes (NotFound; Unavailable if it failed)."""
         row = await self._row(tenant, name)
-        if self.engine.index_state(row.id) != "ready":
+        state = await self.engine.index_state(row.id)
+        if state is None:  # dropped by another HTTP worker since this one cached the row: look again
+            if self._rows.get((tenant, name)) is row:
+                del self._rows[(tenant, name)]
+            row = await self._row(tenant, name)
+            state = await self.engine.index_state(row.id)
+        if state != "ready":
             raise _unavailable(name)
         return row
 
@@ -78,10 +86,10 @@ class Collections:
         if row is None:
             row = await asyncio.to_thread(self.store.get_collection, tenant, name)
             if row is None:
-                raise _not_found(name)
+                raise not_found(name)
             async with self._admin:
-                if self.engine.index_state(row.id) is None:  # made behind the server's back: open it now
-                    await asyncio.to_thread(self.engine.open_index, row)
+                if await self.engine.index_state(row.id) is None:  # made behind the server's back: open it now
+                    await self.engine.open_index(row)
                 self._rows[(tenant, name)] = row
         return row
 
@@ -92,7 +100,7 @@ class Collections:
     def check_current(self, row: CollectionRow) -> None:
         """NotFound if ``row``'s collection was deleted (say while a write waited for its lock)."""
         if self._rows.get((row.tenant, row.name)) is not row:
-            raise _not_found(row.name)
+            raise not_found(row.name)
 
     async def create(self, tenant: str, name: str, *, model: str | None, dimension: int | None, metric: str,
                      index: str) -> CollectionInfo:
@@ -124,7 +132,7 @@ class Collections:
             except DuplicateCollection:
                 raise Conflict(f"A collection named `{name}` already exists.", param="name",
                                code="collection_exists") from None
-            await asyncio.to_thread(self.engine.create_index, row)
+            await self.engine.create_index(row)
             self._rows[(tenant, name)] = row
         return row
 
@@ -142,7 +150,7 @@ class Collections:
         return infos
 
     async def _info(self, row: CollectionRow) -> CollectionInfo:
-        ready = self.engine.index_state(row.id) == "ready"
+        ready = await self.engine.index_state(row.id) == "ready"
 
         def counts() -> tuple[int, int]:
             return self.store.count(row.id), self.engine.indexed(row.id) if ready else 0
@@ -161,6 +169,6 @@ class Collections:
         async with self._admin, self.write_lock(row):
             self.check_current(row)
             await asyncio.to_thread(self.store.delete_collection, row.id)
-            self.engine.drop_index(row.id)
+            await self.engine.drop_index(row.id)
             del self._rows[(tenant, name)]
             self._writes.pop(row.id, None)

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from service.domain import validation
-from service.domain.collections import Collections, to_the_end
+from service.domain.collections import Collections, not_found, to_the_end
 from service.domain.embeddings import Embeddings, truncate_dimensions
-from service.engine.engine import Engine, Write
+from service.engine.indexes import Write
 from service.errors import InvalidRequest, NotFound
-from service.store.documents import CollectionRow, DocumentStore, NewDocument, StoredDocument
+from service.store.documents import CollectionDeleted, CollectionRow, DocumentStore, NewDocument, StoredDocument
 from service.store.filters import parse_filter
+
+if TYPE_CHECKING:
+    from service.engine.engine import Engine
 
 T = TypeVar("T")
 
@@ -101,7 +104,10 @@ class Documents:
         under the collection's write lock, to the end even if the client goes away."""
         async with self.collections.write_lock(row):
             self.collections.check_current(row)
-            return await to_the_end(asyncio.to_thread(self._commit_and_apply, row, commit))
+            try:
+                return await to_the_end(asyncio.to_thread(self._commit_and_apply, row, commit))
+            except CollectionDeleted:  # by another HTTP worker, since this one looked
+                raise not_found(row.name) from None
 
     def _commit_and_apply(self, row: CollectionRow, commit: Callable[[], tuple[Write | None, T]]) -> T:
         write, result = commit()

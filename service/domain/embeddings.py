@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from service.engine.batcher import SHARED_KEY
-from service.engine.engine import Engine
-from service.engine.models import ServedModel
+from service.engine.served import ServedModel
 from service.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from service.engine.engine import Engine
 
 Purpose = Literal["query", "document"]
 
@@ -45,22 +47,21 @@ class Embeddings:
 
     def dimension(self, model: str, param: str = "model") -> int:
         """The vector size of a served, loaded model."""
-        return self.engine.model(model, param).encoder.dimension
+        return self.engine.model(model, param).dimension
 
     async def embed(self, model: str, input: object, *, dimensions: int | None = None, truncate: bool | None = None,
                     key: str = SHARED_KEY) -> tuple[np.ndarray, int]:
         """Embed ``input`` (any shape POST /v1/embeddings accepts): (vectors, tokens). ``key`` (the tenant)
         shares the encoder fairly."""
         served = self.engine.model(model)
-        encoder = served.encoder
-        if dimensions is not None and not 1 <= dimensions <= encoder.dimension:
+        if dimensions is not None and not 1 <= dimensions <= served.dimension:
             raise InvalidRequest(
-                f"dimensions must be between 1 and {encoder.dimension} for model `{model}`, got {dimensions}.",
+                f"dimensions must be between 1 and {served.dimension} for model `{model}`, got {dimensions}.",
                 param="dimensions",
             )
         sequences = await self._sequences(served, input, truncate)
         vectors = await self.engine.embed(model, sequences, key=key)
-        if dimensions is not None and dimensions < encoder.dimension:
+        if dimensions is not None and dimensions < served.dimension:
             vectors = truncate_dimensions(vectors, dimensions)
         return vectors, sum(len(s) for s in sequences)
 
@@ -82,7 +83,7 @@ class Embeddings:
         self, served: ServedModel, value: object, truncate: bool | None, *, param: str = "input"
     ) -> list[list[int]]:
         """Turn any accepted ``input`` shape into token-id sequences, enforcing every limit."""
-        encoder = served.encoder
+        tokenizer = served.tokenizer
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items:
             raise InvalidRequest("input must be a non-empty string or a non-empty array.", param=param)
@@ -97,19 +98,19 @@ class Embeddings:
                 if not text:
                     raise InvalidRequest(f"input[{i}] is an empty string.", param=param)
             if sum(len(text) for text in items) <= INLINE_TOKENIZE_CHARS:
-                sequences = encoder.tokenize(items)  # faster than the hop to a worker thread
+                sequences = tokenizer.tokenize(items)  # faster than the hop to a worker thread
             else:
-                sequences = await asyncio.to_thread(encoder.tokenize, items)
+                sequences = await asyncio.to_thread(tokenizer.tokenize, items)
         elif all(isinstance(x, list) for x in items):
             sequences = items
             for i, ids in enumerate(sequences):
                 if not ids:
                     raise InvalidRequest(f"input[{i}] is an empty array of token ids.", param=param)
-                bad = next((t for t in ids if not 0 <= t < encoder.vocab_size), None)
+                bad = next((t for t in ids if not 0 <= t < served.vocab_size), None)
                 if bad is not None:
                     raise InvalidRequest(
                         f"input[{i}] has token id {bad}, outside the vocabulary of `{served.spec.name}` "
-                        f"(0..{encoder.vocab_size - 1}).",
+                        f"(0..{served.vocab_size - 1}).",
                         param=param,
                     )
         else:

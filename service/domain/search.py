@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,10 +24,12 @@ from service.domain.collections import Collections
 from service.domain.documents import Documents
 from service.domain.merging import Merger
 from service.engine.allowed import filter_key
-from service.engine.engine import Engine
 from service.errors import InvalidRequest
 from service.store.documents import CollectionRow, DocumentStore, StoredDocument
 from service.store.filters import Filter, parse_filter
+
+if TYPE_CHECKING:
+    from service.engine.engine import Engine
 
 RETRIES = 3  # asks the index again when a hit's document was replaced meanwhile
 

@@ -19,6 +19,10 @@ A cancelled :meth:`embed` (its client went away, see service/api/disconnect.py) 
 off the queue at once, so they neither count as pending nor reach a forward pass; those already in
 the pool being run are skipped before each batch.
 
+Where the encoder can queue a forward pass without waiting for it (``submit``: CUDA graphs on a GPU),
+the batches of a pool are pipelined: batch n+1 is padded and queued while batch n runs, and only then
+are batch n's vectors waited for. Elsewhere each batch runs to its end before the next.
+
 Before taking a pool the worker gives concurrent requests ``max_wait`` to join. Under load it waits
 a little longer for as many sequences as the last pool held: clients that just got their answers
 are usually about to send the next request, and taking the first few of them alone would split
@@ -36,7 +40,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Union
 
 import numpy as np
 
@@ -45,6 +49,7 @@ from service.errors import Overloaded, Unavailable
 log = logging.getLogger("service.batcher")
 
 SHARED_KEY = ""  # the fairness key of callers that give none: they share one queue
+Forward = Union[np.ndarray, Callable[[], np.ndarray]]  # a batch's vectors, or what waits for them
 POOL_BATCHES = 4  # a pool holds this many batches' worth of tokens; with the keys that join it, twice that
 
 
@@ -85,8 +90,10 @@ class Batcher:
         patience: float = 0.25,
         max_pending: int = 16384,
         name: str = "model",
+        submit: Callable[[list[list[int]]], Callable[[], np.ndarray]] | None = None,
     ) -> None:
         self._encode = encode
+        self._submit = submit
         self.dimension = dimension
         self.max_tokens = max_tokens
         self.max_batch = max_batch
@@ -258,8 +265,12 @@ class Batcher:
         tokens = sum(len(item.ids) for item in pool)
         held = len(pool)
         batches = self._split(pool)
+        running: tuple[list[_Item], Forward] | None = None
         while batches:
-            await self._forward(batches.pop(0))
+            started = await self._start(batches.pop(0))
+            if running is not None:  # the next batch is queued: now wait for this one
+                await self._finish(*running)
+            running = started
             joined = self._take(2 * POOL_BATCHES * self.max_tokens, tokens, frozenset(keys)) if batches else []
             if joined:
                 keys.update(item.job.key for item in joined)
@@ -267,22 +278,30 @@ class Batcher:
                 held += len(joined)
                 batches = self._split([item for batch in batches for item in batch] + joined)
                 self._running = self._running + joined
+        if running is not None:
+            await self._finish(*running)
         return held
 
-    async def _forward(self, batch: list[_Item]) -> None:
-        """One forward pass over the batch's live items; a failure fails their requests, not the worker."""
+    async def _start(self, batch: list[_Item]) -> tuple[list[_Item], Forward] | None:
+        """Start a forward pass over the batch's live items (run it, unless the encoder can queue it); a
+        failure fails their requests, not the worker."""
         batch = [item for item in batch if not item.job.future.done()]
         if not batch:
+            return None
+        try:
+            return batch, await self._in_executor(self._submit_safely, [item.ids for item in batch])
+        except Exception as exc:
+            self._fail(batch, exc)
+            return None
+
+    async def _finish(self, batch: list[_Item], forward: Forward) -> None:
+        """Wait for a started batch's vectors and hand each to its request."""
+        try:
+            vectors = forward if isinstance(forward, np.ndarray) else await self._in_executor(forward)
+        except Exception as exc:
+            self._fail(batch, exc)
             return
         sequences = [item.ids for item in batch]
-        try:
-            vectors = await asyncio.get_running_loop().run_in_executor(self._executor, self._encode_safely, sequences)
-        except Exception as exc:
-            log.exception("forward pass of %d sequences failed", len(batch))
-            for item in batch:
-                if not item.job.future.done():
-                    item.job.future.set_exception(exc)
-            return
         self._record(sequences)
         for item, vector in zip(batch, vectors):
             job = item.job
@@ -311,6 +330,25 @@ class Batcher:
                 await asyncio.wait_for(self._wakeup.wait(), max(deadline, until) - now)
             except TimeoutError:
                 break
+
+    def _in_executor(self, fn: Callable, *args: object):
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _fail(self, batch: list[_Item], exc: Exception) -> None:
+        log.error("forward pass of %d sequences failed", len(batch), exc_info=exc)
+        for item in batch:
+            if not item.job.future.done():
+                item.job.future.set_exception(exc)
+
+    def _submit_safely(self, sequences: list[list[int]]) -> Forward:
+        """Queue a batch where the encoder can (an out-of-memory error: run it in halves instead), else run it."""
+        if self._submit is not None:
+            try:
+                return self._submit(sequences)
+            except Exception as exc:
+                if "out of memory" not in str(exc).lower():
+                    raise
+        return self._encode_safely(sequences)
 
     def _encode_safely(self, sequences: list[list[int]]) -> np.ndarray:
         """Run a batch; on an out-of-memory error, run its halves instead."""

@@ -2,38 +2,38 @@
 
 Everything above it (the domain, service/domain/) reaches the models and the FAISS indexes through
 this interface alone, and hands it plain data: token ids in and float32 vectors out; a collection's
-row, query vectors and a parsed filter in and (scores, seqs) out; one committed write at a time, in
-write-log order. Nothing crosses it that could not cross a process boundary (as vLLM's API servers
-feed one engine core), so the engine can later run in a process of its own without the domain
-changing. It owns all of its state: the loaded models and their batchers (models.py), the live
-indexes with their locks and filter caches (indexes.py), and their snapshots (snapshots.py); it reads
-SQL (service/store/) only to rebuild or bring those up to date.
+row, query vectors and a parsed filter in and (scores, seqs) out; committed writes, each with its
+write-log position. Nothing crosses it that could not cross a process boundary, and it does: with
+``EMBEDSEARCH_WORKERS`` >= 1 this Engine runs in a process of its own (service/engine/server.py)
+and each HTTP worker holds an :class:`~service.engine.client.EngineClient` with the same methods,
+each a call over a socket (as vLLM's API servers feed one engine core). It owns all of its state:
+the loaded models and their batchers (models.py), the live indexes with their locks and filter
+caches (indexes.py), and their snapshots (snapshots.py); it reads SQL (service/store/) only to
+rebuild or bring those up to date.
 
-``embed`` is a coroutine; the index calls are synchronous and thread-safe, for worker threads. Every
-request into the engine has a deadline (``EMBEDSEARCH_ENGINE_DEADLINE_SECONDS``): past it, a 503.
+The coroutines are for the event loop; ``search``, ``apply`` and ``indexed`` are synchronous and
+thread-safe, for worker threads; ``model``, ``served_models``, ``model_status`` and ``check_index``
+answer at once. Every request into the engine has a deadline (``EMBEDSEARCH_ENGINE_DEADLINE_SECONDS``):
+past it, a 503.
 """
-
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 
-from index import Tuning
-from service.engine.indexes import Indexes, LiveIndex, Write
-from service.engine.models import ModelHub, ServedModel
+from service.engine.indexes import Indexes, Write, tuning_from
+from service.engine.models import ModelHub
+from service.engine.protocol import EngineStatus, IndexStats, ModelState
 from service.engine.registry import Registry
+from service.engine.served import ServedModel
 from service.engine.snapshots import Snapshots
 from service.settings import Settings
 from service.store.documents import CollectionRow, DocumentStore
 from service.store.filters import Filter
 
 __all__ = ["Engine", "Write"]
-
-
-def tuning_from(settings: Settings) -> Tuning:
-    return Tuning(ef_search=settings.hnsw_ef_search, ef_construction=settings.hnsw_ef_construction,
-                  nprobe=settings.ivf_nprobe or None)
 
 
 class Engine:
@@ -44,6 +44,7 @@ class Engine:
         self.snapshots = Snapshots(self.indexes)
         self._snapshotting: asyncio.Task[None] | None = None
         self._snapshot_seconds = settings.snapshot_seconds
+        self.started = time.time()
 
     async def start(self) -> None:
         """Load the models (in the background) and open every collection's index; then snapshot them."""
@@ -76,25 +77,25 @@ class Engine:
         """Token-id sequences in, L2-normalised float32 vectors out; ``key`` shares the encoder fairly."""
         return await self.models.get(model).batcher.embed(sequences, key=key, timeout=self.deadline)
 
-    # -- indexes (synchronous: call them from worker threads) -------------------------------
+    # -- indexes ------------------------------------------------------------------------------
     def check_index(self, dimension: int, metric: str, factory: str) -> None:
         """ValueError (in words for a client) unless such an index can be made."""
         self.indexes.check(dimension, metric, factory)
 
-    def open_index(self, row: CollectionRow) -> None:
-        self.indexes.open(row)
+    async def open_index(self, row: CollectionRow) -> None:
+        await asyncio.to_thread(self.indexes.open, row)
 
-    def create_index(self, row: CollectionRow) -> None:
-        self.indexes.create(row)
+    async def create_index(self, row: CollectionRow) -> None:
+        await asyncio.to_thread(self.indexes.create, row)
 
-    def drop_index(self, collection_id: int) -> None:
+    async def drop_index(self, collection_id: int) -> None:
         self.indexes.drop(collection_id)
 
-    def index_state(self, collection_id: int) -> str | None:
+    async def index_state(self, collection_id: int) -> str | None:
         """``ready``, ``failed`` (it answers 503) or None (not opened here)."""
         return self.indexes.state(collection_id)
 
-    def failed_indexes(self) -> list[int]:
+    async def failed_indexes(self) -> list[int]:
         return self.indexes.failed()
 
     def indexed(self, collection_id: int) -> int:
@@ -107,7 +108,20 @@ class Engine:
     def apply(self, collection_id: int, write: Write) -> None:
         self.indexes.apply(collection_id, write)
 
-    def live_indexes(self) -> list[LiveIndex]:
-        """For /metrics: each index's size and filter cache counters."""
-        return self.indexes.live()
-
+    # -- for /ready and /metrics ----------------------------------------------------------------
+    async def status(self) -> EngineStatus:
+        """The models' states and batcher counters, the failed collections, each index's size and filter cache."""
+        models = {}
+        for name, served in self.models.models.items():
+            state = ModelState(served.status, served.created, served.dimension, served.vocab_size)
+            batcher = served.batcher
+            if batcher is not None:
+                stats = batcher.stats
+                state.forward_passes, state.sequences = stats.forward_passes, stats.sequences
+                state.real_tokens, state.padded_tokens = stats.real_tokens, stats.padded_tokens
+                state.recent_batch_sizes = list(stats.recent_batch_sizes)
+                state.pending, state.capacity = batcher.pending, batcher.max_pending
+            models[name] = state
+        indexes = [IndexStats(live.row.id, len(live.index), live.snapshots, live.allowed.hits, live.allowed.updates,
+                              live.allowed.misses) for live in sorted(self.indexes.live(), key=lambda x: x.row.id)]
+        return EngineStatus(self.started, models, self.indexes.failed(), indexes, workers=0)

@@ -1,9 +1,14 @@
 """The live indexes, one per collection: the engine's half of every search and write.
 
 Each :class:`LiveIndex` owns a collection's FAISS index (index/), the write-log position it reflects,
-its lock and its cache of what filters allow. Writes arrive in write-log order (the domain commits
-them to SQL first, one at a time per collection: service/domain/documents.py) and each is applied
-under the write lock, so a search, under the read lock, never meets an index half-way through one.
+its lock and its cache of what filters allow. Writes are committed to SQL first, one at a time per
+collection within an HTTP worker (service/domain/documents.py), and each is applied under the write
+lock, so a search, under the read lock, never meets an index half-way through one. Writes from
+several HTTP workers may arrive out of write-log order: a write that does not start right after the
+index's position means another one is still on its way, so the index catches up from SQL instead
+(everything committed until then); the write that was on its way is then already reflected, and
+skipped. A write that never arrives at all (its worker died after the commit) is caught up with the
+same way, by the next one.
 A write the index cannot follow is applied by a rebuild from SQL; a collection that cannot be
 opened or rebuilt is *failed*: it is set aside (its requests are a 503) and every other one serves.
 
@@ -25,9 +30,16 @@ from service.engine.allowed import AllowedCache, filter_key
 from service.engine.recovery import rebuild, recover
 from service.engine.rwlock import RWLock
 from service.store.documents import CollectionRow, DocumentStore
+from service.errors import IndexGone
+from service.settings import Settings
 from service.store.filters import Filter
 
 log = logging.getLogger("service.engine")
+
+
+def tuning_from(settings: Settings) -> Tuning:
+    return Tuning(ef_search=settings.hnsw_ef_search, ef_construction=settings.hnsw_ef_construction,
+                  nprobe=settings.ivf_nprobe or None)
 
 
 @dataclass
@@ -38,6 +50,11 @@ class Write:
     removed: np.ndarray
     seqs: np.ndarray | None = None
     vectors: np.ndarray | None = None
+
+    @property
+    def first(self) -> int:
+        """The first position it took: removals and additions take one each, one after another."""
+        return self.position - len(self.removed) - (0 if self.seqs is None else len(self.seqs)) + 1
 
 
 @dataclass(eq=False)
@@ -119,8 +136,8 @@ class Indexes:
 
     def _get(self, collection_id: int) -> LiveIndex:
         live = self._live.get(collection_id)
-        if live is None:
-            raise KeyError(collection_id)  # the domain checks state() first; a race with drop()
+        if live is None:  # dropped or failed since the caller looked (by another HTTP worker, say)
+            raise IndexGone(collection_id)
         return live
 
     # -- searches and writes -----------------------------------------------------------------
@@ -145,10 +162,14 @@ class Indexes:
         return live.allowed.allowed(filter_key(filter_json), live.position, matching, live.index.prepare_allowed)
 
     def apply(self, collection_id: int, write: Write) -> None:
-        """Bring the index up to a committed write (in write-log order); if it cannot follow, rebuild it
-        from SQL, and if that fails too, fail the collection (the write stays committed)."""
+        """Bring the index up to a committed write (see the module's docstring for writes out of order); if it
+        cannot follow, rebuild it from SQL, and if that fails too, fail the collection (the write stays committed)."""
         live = self._get(collection_id)
         with live.lock.write(self.deadline):
+            if write.position <= live.position:
+                return  # reflected already, by a catch-up from SQL
+            if write.first != live.position + 1:
+                write = self._committed_since(live)
             try:
                 live.index.remove(write.removed)
                 if write.seqs is not None:
@@ -165,3 +186,13 @@ class Indexes:
                     return
             live.allowed.record(write.position, write.removed)
             live.position = write.position
+
+    def _committed_since(self, live: LiveIndex) -> Write:
+        """Everything committed after the index's position, as one write (read back from SQL)."""
+        last = self.store.last_position(live.row.id)
+        if last is None:
+            raise IndexGone(live.row.id)  # deleted meanwhile
+        removed, seqs, vectors = self.store.changes_since(live.row.id, live.position, live.row.dimension, until=last)
+        log.info("collection %s/%s: caught up from SQL to position %d (%d additions, %d removals)",
+                 live.row.tenant, live.row.name, last, len(seqs), len(removed))
+        return Write(last, removed, seqs, vectors)

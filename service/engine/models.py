@@ -5,26 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 
 from service.engine.batcher import Batcher
 from service.engine.encoder import Encoder
 from service.engine.loader import default_batch_tokens, load, pick_device, pick_dtype
-from service.engine.registry import ModelSpec, Registry
-from service.errors import NotFound, Unavailable
+from service.engine.registry import Registry
+from service.engine.served import ServedModel, find_served
 from service.settings import Settings
 
 log = logging.getLogger("service.engine")
-
-
-@dataclass
-class ServedModel:
-    spec: ModelSpec
-    status: str = "loading"  # loading | ready | error
-    error: str = ""
-    encoder: Encoder | None = None
-    batcher: Batcher | None = None
-    created: int = field(default_factory=lambda: int(time.time()))
 
 
 class ModelHub:
@@ -55,17 +44,26 @@ class ModelHub:
             log.exception("could not load model %s", served.spec.name)
             served.status, served.error = "error", f"{type(exc).__name__}: {exc}"
             return
-        encoder = Encoder(loaded)
+        budget = self.settings.batch_tokens or default_batch_tokens(self.device)
+        try:  # on a GPU this captures the CUDA graphs (seconds): off the event loop
+            encoder = await asyncio.to_thread(Encoder, loaded, cuda_graphs=self.settings.cuda_graphs,
+                                              max_batch=self.settings.batch_max_inputs, max_tokens=budget)
+        except Exception as exc:
+            log.exception("could not prepare model %s", served.spec.name)
+            served.status, served.error = "error", f"{type(exc).__name__}: {exc}"
+            return
         served.encoder = encoder
+        served.dimension, served.vocab_size, served.tokenizer = encoder.dimension, encoder.vocab_size, encoder.tokenizer
         served.batcher = Batcher(
             encoder.encode,
             encoder.dimension,
-            max_tokens=self.settings.batch_tokens or default_batch_tokens(self.device),
+            max_tokens=budget,
             max_batch=self.settings.batch_max_inputs,
             max_wait=self.settings.batch_wait_ms / 1000,
             patience=self.settings.batch_patience,
             max_pending=self.settings.queue_max_inputs,
             name=served.spec.name,
+            submit=encoder.submit if encoder.graphs is not None else None,  # pipelined: CUDA graphs' replays
         )
         served.batcher.start()
         served.status = "ready"
@@ -73,15 +71,7 @@ class ModelHub:
                  time.perf_counter() - started)
 
     def get(self, name: str, param: str = "model") -> ServedModel:
-        served = self.models.get(name)
-        if served is None:
-            raise NotFound(f"The model `{name}` does not exist or is not served here.", param=param,
-                           code="model_not_found")
-        if served.status == "loading":
-            raise Unavailable(f"The model `{name}` is still loading; retry shortly.", retry_after=5, code="model_loading")
-        if served.status == "error":
-            raise Unavailable(f"The model `{name}` failed to load.", retry_after=60, code="model_unavailable")
-        return served
+        return find_served(self.models, name, param)
 
     @property
     def status(self) -> dict[str, str]:

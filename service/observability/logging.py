@@ -64,7 +64,12 @@ class RequestIdFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"time", "level", "logger", "message", "request_id"?, ...extra fields, "exception"?}`` on one line."""
+    """``{"time", "level", "logger", "message", "process"?, "request_id"?, ...extra fields, "exception"?}`` on one
+    line (``process``: ``engine``, ``worker 2``, where there are several)."""
+
+    def __init__(self, process: str = "") -> None:
+        super().__init__()
+        self.process = process
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -74,6 +79,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.process:
+            out["process"] = self.process
         rid = getattr(record, "request_id", None) or request_id.get()
         if rid:
             out["request_id"] = rid
@@ -89,10 +96,12 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``12:00:01 INFO    service.access: POST /v1/embeddings 200 3.1 ms [req 5f0c...]``."""
+    """``12:00:01 INFO    service.access: POST /v1/embeddings 200 3.1 ms [req 5f0c...]``, with the process's
+    name after the level where there are several (``engine``, ``worker 2``)."""
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    def __init__(self, process: str = "") -> None:
+        tag = f"[{process}] " if process else ""
+        super().__init__(f"%(asctime)s %(levelname)-7s {tag}%(name)s: %(message)s", datefmt="%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -103,18 +112,19 @@ class TextFormatter(logging.Formatter):
         return f"{first} [req {rid}]{newline}{rest}"
 
 
-def make_handler(fmt: str, stream: Any = None) -> logging.Handler:
+def make_handler(fmt: str, stream: Any = None, process: str = "") -> logging.Handler:
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {fmt!r}")
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(process) if fmt == "json" else TextFormatter(process))
     handler.addFilter(RequestIdFilter())
     return handler
 
 
-def setup_logging(level: str, fmt: str = "text") -> None:
-    """Send every log record (uvicorn's too) to stderr in the chosen format. For the CLI only."""
-    logging.basicConfig(level=level.upper(), handlers=[make_handler(fmt)], force=True)
+def setup_logging(level: str, fmt: str = "text", process: str = "") -> None:
+    """Send every log record (uvicorn's too) to stderr in the chosen format, tagged with ``process``. For the
+    CLI only."""
+    logging.basicConfig(level=level.upper(), handlers=[make_handler(fmt, process=process)], force=True)
 
 
 def disable_progress_bars() -> None:

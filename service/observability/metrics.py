@@ -3,9 +3,11 @@
 :class:`Metrics` is a small registry made by the app factory and owned by the app. The request path
 feeds it only the HTTP series (a dict update and a bisect per request, from
 :class:`~service.observability.middleware.RequestObserver`); everything else is read at scrape time
-from objects that already keep it: each model's batcher (``stats``, ``pending``), each collection's
-index size and filter cache counters. The event loop is the only writer and reader of the registry's
-own series, so it needs no locks.
+from the engine's status (service/engine/engine.py ``status``), which it already keeps: each model's
+batcher counters and queue, each collection's index size and filter cache counters. The event loop
+is the only writer and reader of the registry's own series, so it needs no locks. With several HTTP
+worker processes, each keeps its own HTTP series (a scrape reaches one of them: label them by
+instance, or sum over scrapes); the engine's series are the whole server's.
 
 Nothing here names a tenant or a collection: routes are templates (``/v1/collections/{name}/search``)
 and collections are labelled by their numeric id, so ``/metrics`` can be served without a key.
@@ -22,9 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from service.engine.engine import Engine
-    from service.engine.batcher import Batcher
-    from service.engine.models import ModelHub
+    from service.engine.protocol import EngineStatus, ModelState
 
 CONTENT_TYPE = "text/plain; version=0.0.4"  # Litestar adds "; charset=utf-8"
 
@@ -63,21 +63,20 @@ class _BatchSizes:
     """Batch sizes of one model, taken from its batcher's window of recent batch sizes at scrape time."""
 
     histogram: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BUCKETS))
-    batcher: Any = None
+    engine: float = 0.0  # when the engine whose batcher was read last started (a new one counts from zero)
     seen: int = 0  # the batcher's forward_passes when last read
 
-    def update(self, batcher: Batcher) -> None:
-        if batcher is not self.batcher:  # a new batcher counts from zero
-            self.batcher, self.seen = batcher, 0
-        stats = batcher.stats
-        new = stats.forward_passes - self.seen
+    def update(self, engine: float, state: ModelState) -> None:
+        if engine != self.engine:
+            self.engine, self.seen = engine, 0
+        new = state.forward_passes - self.seen
         if new <= 0:
             return
-        recent = stats.recent_batch_sizes
-        # Passes older than the window (more than maxlen since the last scrape) are not bucketed.
-        for size in itertools.islice(recent, max(0, len(recent) - new), None):
+        recent = state.recent_batch_sizes
+        # Passes older than the window (more than its length since the last scrape) are not bucketed.
+        for size in recent[max(0, len(recent) - new):]:
             self.histogram.observe(size)
-        self.seen = stats.forward_passes
+        self.seen = state.forward_passes
 
 
 class Metrics:
@@ -100,7 +99,7 @@ class Metrics:
         histogram.observe(seconds)
 
     # -- scrape ------------------------------------------------------------------------------------
-    def render(self, engine: Engine | None = None) -> str:
+    def render(self, engine: EngineStatus | None = None) -> str:
         out = _Writer()
         out.family("embedsearch_start_time_seconds", "gauge", "Unix time the server started.")
         out.sample("embedsearch_start_time_seconds", {}, self.started)
@@ -119,37 +118,36 @@ class Metrics:
             out.histogram("embedsearch_http_request_duration_seconds", {"method": method, "route": route}, histogram)
 
         if engine is not None:
-            self._render_models(out, engine.models)
-            lives = sorted(engine.live_indexes(), key=lambda live: live.row.id)
+            self._render_models(out, engine)
+            indexes = engine.indexes
             out.family("embedsearch_collections", "gauge", "Collections, all tenants together.")
-            out.sample("embedsearch_collections", {}, len(lives))
+            out.sample("embedsearch_collections", {}, len(indexes))
             out.family("embedsearch_collection_vectors", "gauge",
                        "Vectors in each collection's FAISS index, by collection id.")
-            for live in lives:
-                out.sample("embedsearch_collection_vectors", {"collection": live.row.id}, len(live.index))
+            for index in indexes:
+                out.sample("embedsearch_collection_vectors", {"collection": index.collection}, index.vectors)
             out.family("embedsearch_index_snapshots_total", "counter",
                        "Index snapshots written (in the background) since the server started, by collection id.")
-            for live in lives:
-                out.sample("embedsearch_index_snapshots_total", {"collection": live.row.id}, live.snapshots)
+            for index in indexes:
+                out.sample("embedsearch_index_snapshots_total", {"collection": index.collection}, index.snapshots)
             out.family("embedsearch_filter_cache_lookups_total", "counter",
                        "Filtered searches by how the collection's filter cache answered: hit (unchanged since "
                        "cached), update (only the writes since read from SQL), miss (evaluated in SQL).")
-            for live in lives:
-                for result, count in (("hit", live.allowed.hits), ("update", live.allowed.updates),
-                                      ("miss", live.allowed.misses)):
-                    out.sample("embedsearch_filter_cache_lookups_total", {"collection": live.row.id, "result": result},
-                               count)
+            for index in indexes:
+                for result, count in (("hit", index.hits), ("update", index.updates), ("miss", index.misses)):
+                    out.sample("embedsearch_filter_cache_lookups_total", {"collection": index.collection,
+                                                                          "result": result}, count)
         return out.text()
 
-    def _render_models(self, out: _Writer, hub: ModelHub) -> None:
-        models = sorted(hub.models.items())
-        batchers = [(name, served.batcher) for name, served in models if served.batcher is not None]
-        for name, batcher in batchers:
-            self._batch_sizes.setdefault(name, _BatchSizes()).update(batcher)
+    def _render_models(self, out: _Writer, engine: EngineStatus) -> None:
+        models = sorted(engine.models.items())
+        batchers = [(name, state) for name, state in models if state.status == "ready"]
+        for name, state in batchers:
+            self._batch_sizes.setdefault(name, _BatchSizes()).update(engine.started, state)
 
         out.family("embedsearch_model_ready", "gauge", "1 when the model is loaded and serving, else 0.")
-        for name, served in models:
-            out.sample("embedsearch_model_ready", {"model": name}, int(served.status == "ready"))
+        for name, state in models:
+            out.sample("embedsearch_model_ready", {"model": name}, int(state.status == "ready"))
 
         counters = (
             ("embedsearch_encoder_forward_passes_total", "forward_passes", "Forward passes (batches) run."),
@@ -159,21 +157,20 @@ class Metrics:
         )
         for metric, attribute, help_text in counters:
             out.family(metric, "counter", help_text)
-            for name, batcher in batchers:
-                out.sample(metric, {"model": name}, getattr(batcher.stats, attribute))
+            for name, state in batchers:
+                out.sample(metric, {"model": name}, getattr(state, attribute))
 
         out.family("embedsearch_encoder_batch_size", "histogram", "Sequences per forward pass.")
         for name, _ in batchers:
             out.histogram("embedsearch_encoder_batch_size", {"model": name}, self._batch_sizes[name].histogram)
 
         out.family("embedsearch_encoder_queue_depth", "gauge", "Sequences waiting for the encoder.")
-        for name, batcher in batchers:
-            out.sample("embedsearch_encoder_queue_depth", {"model": name}, batcher.pending)
+        for name, state in batchers:
+            out.sample("embedsearch_encoder_queue_depth", {"model": name}, state.pending)
         out.family("embedsearch_encoder_queue_capacity", "gauge",
                    "Queued sequences past which requests are refused with 503.")
-        for name, batcher in batchers:
-            out.sample("embedsearch_encoder_queue_capacity", {"model": name}, batcher.max_pending)
-
+        for name, state in batchers:
+            out.sample("embedsearch_encoder_queue_capacity", {"model": name}, state.capacity)
 
 
 class _Writer:

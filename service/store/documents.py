@@ -33,6 +33,10 @@ class CollectionRow:
     created_at: datetime
 
 
+class CollectionDeleted(LookupError):
+    """A write into a collection deleted meanwhile (by another HTTP worker): nothing was written."""
+
+
 @dataclass
 class NewDocument:
     id: str
@@ -145,7 +149,9 @@ class DocumentStore:
             .where(collections.c.id == collection_id)
             .values(last_position=collections.c.last_position + n)
             .returning(collections.c.last_position)
-        ).scalar_one()
+        ).scalar_one_or_none()
+        if last is None:
+            raise CollectionDeleted(collection_id)
         return last - n + 1
 
     @staticmethod
@@ -240,21 +246,25 @@ class DocumentStore:
         return self.seqs_matching(collection_id, None)
 
     # -- index maintenance -------------------------------------------------------------------
-    def changes_since(self, collection_id: int, position: int, dimension: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(seqs removed after ``position``, seqs added after it, their vectors)."""
+    def changes_since(self, collection_id: int, position: int, dimension: int,
+                      until: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(seqs removed after ``position``, seqs added after it, their vectors), up to ``until`` if given."""
+        removal_range = [removals.c.collection_id == collection_id, removals.c.position > position]
+        document_range = [documents.c.collection_id == collection_id, documents.c.seq > position]
+        if until is not None:
+            removal_range.append(removals.c.position <= until)
+            document_range.append(documents.c.seq <= until)
         with self.engine.connect() as conn:
-            removed = np.fromiter(
-                conn.execute(
-                    select(removals.c.seq).where(removals.c.collection_id == collection_id, removals.c.position > position)
-                ).scalars(),
-                dtype=np.int64,
-            )
-            rows = conn.execute(
-                select(documents.c.seq, documents.c.vector).where(
-                    documents.c.collection_id == collection_id, documents.c.seq > position
-                )
-            ).all()
+            removed = np.fromiter(conn.execute(select(removals.c.seq).where(*removal_range)).scalars(), dtype=np.int64)
+            rows = conn.execute(select(documents.c.seq, documents.c.vector).where(*document_range)).all()
         return removed, np.array([r.seq for r in rows], dtype=np.int64), from_blobs([r.vector for r in rows], dimension)
+
+    def last_position(self, collection_id: int) -> int | None:
+        """The collection's last write-log position as committed (None: the collection is gone)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(collections.c.last_position).where(collections.c.id == collection_id)
+            ).scalar_one_or_none()
 
     def iter_vectors(self, collection_id: int, dimension: int, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every (seqs, vectors) of a collection, in chunks, for a rebuild."""

@@ -1,0 +1,175 @@
+"""The engine process: one :class:`~service.engine.engine.Engine` serving the HTTP workers over a Unix socket.
+
+It owns the models (and their batchers: every worker's inputs share one queue, so batches fill from
+all of them), the indexes and their snapshots; the workers own HTTP, the wire format, tokenising and
+SQL reads and writes. Each call from a worker runs as a task of its own, so a slow one (a forward
+pass, a rebuild) holds up nothing else; its answer goes back on the worker's connection. A worker's
+:class:`~service.engine.protocol.Cancel`, or its connection closing, cancels its calls: an embedding
+still queued leaves the batcher's queue and never reaches a forward pass.
+
+Started by service/supervisor.py (``python -m service engine``); SIGTERM stops it once the workers
+have drained and gone (40 s at most): the batchers stop, and every index is snapshotted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+
+from service.engine import protocol as p
+from service.engine.engine import Engine, Write
+from service.store.filters import parse_filter
+
+log = logging.getLogger("service.engine")
+
+WORKERS_DRAIN_SECONDS = 40.0  # a worker's graceful shutdown (30 s) and some
+
+
+class EngineServer:
+    def __init__(self, engine: Engine, tokenizer_dir: Path) -> None:
+        self.engine = engine
+        self.tokenizer_dir = tokenizer_dir
+        self._tokenizers: dict[str, asyncio.Task[str]] = {}  # model -> the path of its tokenizer.json
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._workers: dict[asyncio.Task[None], int] = {}  # the connections of HTTP workers, with their pids
+
+    async def start(self, address: str) -> None:
+        self._server = await asyncio.start_unix_server(self._serve, sock=p.listening_socket(address), limit=p.MAX_FRAME)
+
+    @property
+    def workers(self) -> int:
+        """HTTP workers connected now."""
+        return len(self._workers)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection: asyncio.Task[None] = asyncio.current_task()  # type: ignore[assignment]
+        self._connections.add(connection)
+        calls: dict[int, asyncio.Task[None]] = {}
+        try:
+            while True:
+                try:
+                    call = p.call_decoder.decode(await p.read_frame(reader))
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                request = call.request
+                if isinstance(request, p.Cancel):
+                    task = calls.get(request.call)
+                    if task is not None:
+                        task.cancel()
+                elif isinstance(request, p.Hello):
+                    self._workers[connection] = request.pid
+                else:
+                    task = asyncio.get_running_loop().create_task(self._answer(call, writer))
+                    calls[call.id] = task
+                    task.add_done_callback(lambda _, id=call.id: calls.pop(id, None))
+        except (ValueError, msgspec.DecodeError):
+            log.exception("a worker sent a frame that is not a call; closing its connection")
+        finally:
+            self._workers.pop(connection, None)
+            for task in list(calls.values()):
+                task.cancel()
+            writer.close()
+            self._connections.discard(connection)
+
+    async def _answer(self, call: p.Call, writer: asyncio.StreamWriter) -> None:
+        try:
+            reply = p.Reply(call.id, await self._handle(call.request))
+        except asyncio.CancelledError:
+            return  # the worker gave up on it: nobody to answer
+        except Exception as exc:
+            error = p.error_of(exc)
+            if error.kind == "Internal":
+                log.error("engine call %s failed", type(call.request).__name__, exc_info=exc)
+            reply = p.Reply(call.id, error=error)
+        if not writer.is_closing():
+            writer.write(p.frame(reply))
+
+    async def _handle(self, request: p.Request) -> object:
+        engine = self.engine
+        match request:
+            case p.Embed(model, sequences, key):
+                return p.Array.of(await engine.embed(model, sequences, key=key))
+            case p.Search(collection, queries, k, filter):
+                parsed = parse_filter(filter) if filter is not None else None
+                scores, seqs = await asyncio.to_thread(engine.search, collection, queries.numpy(), k, parsed, filter)
+                return [p.Array.of(scores), p.Array.of(seqs)]
+            case p.Apply(collection, position, removed, seqs, vectors):
+                write = Write(position, removed.numpy(), None if seqs is None else seqs.numpy(),
+                              None if vectors is None else vectors.numpy())
+                return await asyncio.to_thread(engine.apply, collection, write)
+            case p.Open(row):
+                return await engine.open_index(row)
+            case p.Create(row):
+                return await engine.create_index(row)
+            case p.Drop(collection):
+                return await engine.drop_index(collection)
+            case p.State(collection):
+                return await engine.index_state(collection)
+            case p.Indexed(collection):
+                return await asyncio.to_thread(engine.indexed, collection)
+            case p.Status():
+                return await self._status()
+        raise ValueError(f"unknown request {type(request).__name__}")
+
+    async def _status(self) -> p.EngineStatus:
+        status = await self.engine.status()
+        status.workers = self.workers
+        for name, state in status.models.items():
+            if state.status == "ready":
+                state.tokenizer = await self._tokenizer(name)
+        return status
+
+    def _tokenizer(self, name: str) -> asyncio.Task[str]:
+        """The path of ``name``'s tokenizer.json for the workers, written once per engine start."""
+        task = self._tokenizers.get(name)
+        if task is None:
+            backend = self.engine.served_models()[name].tokenizer.backend
+            path = self.tokenizer_dir / f"{name.replace(':', '-').replace('/', '-')}.tokenizer.json"
+            task = self._tokenizers[name] = asyncio.get_running_loop().create_task(
+                asyncio.to_thread(_write_atomically, path, backend.to_str()))
+        return task
+
+
+def _write_atomically(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(staging, path)
+    return str(path)
+
+
+async def serve(engine: Engine, address: str, tokenizer_dir: Path) -> None:
+    """Start the engine, answer the workers on ``address`` until SIGTERM (or SIGINT), then stop it."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await engine.start()
+    server = EngineServer(engine, tokenizer_dir)
+    await server.start(address)
+    log.info("engine ready (pid %d)", os.getpid())
+    await stop.wait()
+    # SIGTERM may reach every process at once (a service manager stopping the whole group): the workers
+    # still draining may need the engine, so it waits for them to go first.
+    deadline = time.monotonic() + WORKERS_DRAIN_SECONDS
+    while server.workers and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    log.info("engine stopping: snapshotting every index")
+    await server.close()
+    await engine.stop()

@@ -1,0 +1,146 @@
+"""The process layout of ``python -m service serve``: one engine process fed by ``EMBEDSEARCH_WORKERS`` HTTP workers.
+
+The engine process (``python -m service engine``: service/engine/server.py) owns the models, their
+batchers and the indexes; each HTTP worker (``python -m service worker``) runs the Litestar app,
+tokenises, reads and writes SQL, and calls the engine over a Unix socket (an abstract one on Linux:
+no file to clean up). The workers share one listening socket, bound here, so the kernel hands each
+connection to one of them. The event loop that parses HTTP thereby never waits for the GIL that a
+forward pass holds, and several of them feed one batcher.
+
+This process only supervises:
+
+- It migrates the database and makes the first admin key before starting anything (once, not per worker).
+- A child that dies is started again: the engine (its workers answer 503 ``engine_unavailable``
+  meanwhile and reconnect) or a worker. One that keeps dying within seconds of its start is started
+  again at most every ``MAX_BACKOFF`` seconds.
+- SIGTERM (or SIGINT) drains: the workers first (each finishes its requests in flight, up to 30 s),
+  then the engine (its batchers stop and every index is snapshotted); the exit status is 0.
+- Every child dies with it (``PR_SET_PDEATHSIG``), so a SIGKILL of this process stops them all, as a crash
+  would: what was acknowledged is in SQL already.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+MAX_BACKOFF = 5.0  # seconds between restarts of a child that keeps dying
+DRAIN_SECONDS = 40.0  # a worker's graceful shutdown (30 s) and some
+ENGINE_STOP_SECONDS = 300.0  # the engine's snapshots of every index
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the supervisor dies (Linux; elsewhere children outlive it)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    pass_fds: tuple[int, ...] = ()
+    process: subprocess.Popen | None = None
+    started: float = 0.0
+    failures: int = 0  # quick deaths in a row
+    next_start: float = field(default=0.0)
+
+    def start(self, env: dict[str, str]) -> None:
+        # A process group of its own: a terminal's Ctrl-C reaches the supervisor, which stops children in order.
+        self.process = subprocess.Popen(self.argv, env=env, pass_fds=self.pass_fds, preexec_fn=_die_with_parent,
+                                        process_group=0)
+        self.started = time.monotonic()
+        log.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def reap(self) -> int | None:
+        """The exit status if it has exited (and it is then set to be started again), else None."""
+        if self.process is None or (status := self.process.poll()) is None:
+            return None
+        self.process = None
+        quick = time.monotonic() - self.started < 10
+        self.failures = self.failures + 1 if quick else 0
+        self.next_start = time.monotonic() + min(MAX_BACKOFF, 0.5 * 2 ** self.failures if quick else 0)
+        return status
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> None:
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s; killing it", self.name, timeout)
+            self.process.kill()
+            self.process.wait()
+
+
+def engine_address() -> str:
+    """An abstract Unix socket name on Linux, unique to this server (``@`` stands for its leading NUL: see
+    service/engine/protocol.py ``socket_path``); a path in a private directory elsewhere."""
+    name = f"embedsearch-engine-{os.getpid()}-{secrets.token_hex(4)}"
+    if sys.platform.startswith("linux"):
+        return "@" + name
+    import tempfile
+
+    return os.path.join(tempfile.mkdtemp(prefix="embedsearch-"), "engine.sock")
+
+
+def listen(settings: Settings) -> socket.socket:
+    sock = socket.create_server((settings.host, settings.port), family=socket.AF_INET6 if ":" in settings.host
+                                else socket.AF_INET, backlog=2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(settings: Settings, workers: int) -> None:
+    """Start the engine and ``workers`` HTTP workers, keep them running, drain them on SIGTERM; exit 0."""
+    address = engine_address()
+    sock = listen(settings)
+    env = dict(os.environ, EMBEDSEARCH_DATA_DIR=str(settings.data_dir), EMBEDSEARCH_HOST=settings.host,
+               EMBEDSEARCH_PORT=str(settings.port), EMBEDSEARCH_WORKERS=str(workers))
+    python = [sys.executable, "-m", "service"]
+    engine = Child("engine", [*python, "engine", "--address", address])
+    children = [Child(f"worker {i + 1}", [*python, "worker", "--address", address, "--fd", str(sock.fileno()),
+                                          "--name", f"worker {i + 1}"], (sock.fileno(),)) for i in range(workers)]
+    stopping = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.append(True))
+    log.info("serving on http://%s:%d with %d HTTP worker%s and one engine process", settings.host, settings.port,
+             workers, "" if workers == 1 else "s")
+    for child in [engine, *children]:
+        child.start(env)
+    while not stopping:
+        for child in [engine, *children]:
+            status = child.reap()
+            if status is not None and not stopping:
+                log.error("%s exited (status %s); starting it again", child.name, status)
+            if child.process is None and time.monotonic() >= child.next_start and not stopping:
+                child.start(env)
+        time.sleep(0.1)
+    log.info("draining: the HTTP workers finish their requests, then the engine snapshots the indexes")
+    sock.close()
+    for child in children:
+        child.signal(signal.SIGTERM)
+    for child in children:
+        child.wait(DRAIN_SECONDS)
+    engine.signal(signal.SIGTERM)
+    engine.wait(ENGINE_STOP_SECONDS)
+    log.info("stopped")
