@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks import DEFAULT_INDEXES
 
-SUITES = ["front", "embeddings", "upsert", "search", "stall", "peers"]
+SUITES = ["front", "workers", "embeddings", "upsert", "search", "stall", "peers"]
 DEFAULT_MODELS_DIR = Path.home() / ".cache" / "embedsearch-tests" / "models"
 
 
@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"default {','.join(DEFAULT_INDEXES)})")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (server and baseline)")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (server and baseline)")
+    p.add_argument("--client-processes", type=int, metavar="N",
+                   help="processes of the load generator for the front, workers and embeddings suites (default 4; "
+                        "never more than the requests in flight)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a server setting for the started server, e.g. --set batch_wait_ms=5 (repeatable; the "
                         "caller's EMBEDSEARCH_* variables are not passed on)")
@@ -62,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.indexes = [x.strip() for x in args.indexes.split(",") if x.strip()]
     if not args.indexes:
         p.error("--indexes needs at least one index type")
+    if args.client_processes is not None and args.client_processes < 1:
+        p.error("--client-processes must be at least 1")
     if args.models_file:
         args.models_file = str(Path(args.models_file).resolve())
     for item in args.set:
@@ -90,13 +95,15 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def notes(args: argparse.Namespace, profile) -> list[str]:
-    out = ["The load generator runs on the same machine as the server and shares its cores; so does the "
-           "in-process baseline (run while the server is idle)."]
+    out = ["The load generator runs on the same machine as the server and shares its cores (for the front, "
+           f"workers and embeddings suites in up to {profile.client_processes} client processes of its own, recorded "
+           "per case as client_processes); so does the in-process baseline (run while the server is idle)."]
     sizes = ", ".join(f"{s:,}" for s in profile.sizes)
     if profile.quick:
         out.append(f"--quick: embeddings with {', '.join(profile.lengths)} inputs at concurrency "
                    f"{', '.join(map(str, profile.concurrency))} only; collections of {sizes} vectors instead of "
-                   "100k and 1M; few requests per case, so p99 is close to the maximum.")
+                   f"100k and 1M; front and workers with {profile.workers_requests:,} requests per case instead of "
+                   "4,000; few requests per case, so p99 is close to the maximum.")
     elif 1_000_000 not in profile.sizes:
         out.append(f"Collections of {sizes} vectors only (--sizes); the 1M-vector search was not run.")
     if profile.indexes != list(DEFAULT_INDEXES):
@@ -145,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, interrupted)
     started = time.time()
     info = machine.describe()
-    profile = Profile.make(args.quick, args.sizes, gpu=bool(info["gpu"]), indexes=args.indexes)
+    profile = Profile.make(args.quick, args.sizes, gpu=bool(info["gpu"]), indexes=args.indexes,
+                           client_processes=args.client_processes)
     out_dir = args.out.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix="embedsearch-bench-"))
@@ -184,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         waited = target.wait_ready(args.startup_timeout)
         results["server"]["ready_after_s"] = waited
         tqdm.write(f"server ready ({waited:.1f} s after the baseline model was loaded)")
-        from benchmarks import embeddings, front, peers, search, stall, upsert
+        from benchmarks import embeddings, front, peers, search, stall, upsert, workers
 
-        runners = {"front": front.run, "embeddings": embeddings.run, "upsert": upsert.run, "search": search.run,
-                   "stall": stall.run, "peers": peers.run}
+        runners = {"front": front.run, "workers": workers.run, "embeddings": embeddings.run, "upsert": upsert.run,
+                   "search": search.run, "stall": stall.run, "peers": peers.run}
         for name in SUITES:
             if name not in args.suites:
                 continue

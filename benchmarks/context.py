@@ -16,7 +16,7 @@ from tqdm import tqdm
 from benchmarks import DEFAULT_INDEXES
 from benchmarks.baseline import BaselineCollection
 from benchmarks.data import VectorSet, clustered_vectors
-from benchmarks.load import check
+from benchmarks.load import MAX_CLIENT_PROCESSES, check
 from benchmarks.model import InProcessModel
 
 
@@ -28,7 +28,8 @@ class Profile:
     lengths: list[str]  # embeddings: input lengths (keys of data.LENGTHS)
     concurrency: list[int]  # embeddings: concurrency levels
     min_requests: int  # embeddings: at least this many requests per case...
-    rounds: int  # ...and at least `rounds` per concurrent worker
+    rounds: int  # ...and at least `rounds` per concurrent worker...
+    throughput_requests: int  # ...and at least this many in a throughput case (concurrency >= 16)
     baseline_seconds: float  # embeddings: time spent on each batch size of the in-process sweep
     baseline_max_batch: int  # embeddings: largest batch size of that sweep
     sizes: list[int]  # collection sizes (upsert uses the first, search all of them)
@@ -39,32 +40,40 @@ class Profile:
     search_concurrency: list[int]
     search_requests: dict[int, int]  # concurrency -> requests
     search_queries: int  # distinct query vectors (recall is averaged over them)
-    embed_seconds: float  # embeddings: stop sending new requests in a case after this long...
+    embed_seconds: float | None  # embeddings: stop sending new requests in a case after this long...
     search_seconds: float  # ...and in a search case (each concurrent worker still sends at least one)
     stall_size: int  # stall: vectors in the collection searched while snapshots run...
     stall_seconds: float  # ...for this long without writes, and as long with them
     front_requests: int  # front: requests per route
+    workers_requests: int  # workers: requests per case
+    client_processes: int  # front, workers, embeddings: the load generator's processes (at most)
 
     @classmethod
-    def make(cls, quick: bool, sizes: list[int] | None, gpu: bool,
-             indexes: tuple[str, ...] = DEFAULT_INDEXES) -> "Profile":
+    def make(cls, quick: bool, sizes: list[int] | None, gpu: bool, indexes: tuple[str, ...] = DEFAULT_INDEXES,
+             client_processes: int | None = None) -> "Profile":
+        client_processes = client_processes or MAX_CLIENT_PROCESSES
         if quick:
             return cls(
-                quick=True, lengths=["short"], concurrency=[1, 16], min_requests=6, rounds=2,
+                quick=True, lengths=["short"], concurrency=[1, 16], min_requests=6, rounds=2, throughput_requests=0,
                 baseline_seconds=0.5, baseline_max_batch=64,
                 sizes=sizes or [10_000], batch100_docs=1000, text_batches=1, text_tokens=32, indexes=list(indexes),
                 search_concurrency=[1, 16], search_requests={1: 60, 16: 160}, search_queries=160,
                 embed_seconds=10, search_seconds=4, stall_size=(sizes or [10_000])[0], stall_seconds=4,
-                front_requests=1000,
+                front_requests=1000, workers_requests=1000, client_processes=client_processes,
             )
         return cls(
             quick=False, lengths=["short", "medium", "long"], concurrency=[1, 4, 16, 64],
-            min_requests=16, rounds=4 if gpu else 2,
+            # A throughput case on a GPU: 4,000 requests, all of them (no time limit), a few seconds to a
+            # minute there. On a CPU the 270M model answers 1 to 50 inputs/s: 4,000 requests would take
+            # from over a minute (short) to about an hour (long) per case, so there a case is `rounds`
+            # requests per concurrent worker, cut at `embed_seconds`.
+            min_requests=16, rounds=4 if gpu else 2, throughput_requests=4000 if gpu else 0,
             baseline_seconds=3.0 if gpu else 1.5, baseline_max_batch=256,
             sizes=sizes or [100_000, 1_000_000], batch100_docs=5000, text_batches=3, text_tokens=32,
             indexes=list(indexes),
             search_concurrency=[1, 16], search_requests={1: 200, 16: 800}, search_queries=800,
-            embed_seconds=30, search_seconds=20, stall_size=150_000, stall_seconds=30, front_requests=4000,
+            embed_seconds=None if gpu else 30, search_seconds=20, stall_size=150_000, stall_seconds=30,
+            front_requests=4000, workers_requests=4000, client_processes=client_processes,
         )
 
 

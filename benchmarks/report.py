@@ -222,8 +222,8 @@ def markdown(results: dict, plots: list[str]) -> str:
                         [[name, t["name"], _n(t["value"]), t["target"], "yes" if t["met"] else "**no**"]
                          for name, t in targets])
 
-    for name, render in (("front", _front_md), ("embeddings", _embeddings_md), ("upsert", _upsert_md),
-                         ("search", _search_md), ("stall", _stall_md), ("peers", _peers_md)):
+    for name, render in (("front", _front_md), ("workers", _workers_md), ("embeddings", _embeddings_md),
+                         ("upsert", _upsert_md), ("search", _search_md), ("stall", _stall_md), ("peers", _peers_md)):
         suite = suites.get(name)
         if suite is None:
             continue
@@ -295,17 +295,43 @@ def _search_md(s: dict) -> list[str]:
 
 
 def _front_md(s: dict) -> list[str]:
-    lines = [f"Server CPU time (user + system, all threads) per request at concurrency {s['concurrency']}, with a tiny "
-             f"random Gemma 3 and a {s['collection']} collection: what the request path costs beyond the model and "
-             "FAISS. GET /v1/models is the floor.", ""]
+    lines = [f"Server CPU time (user + system of the serve process and all its descendants) per request at "
+             f"concurrency {s['concurrency']}, with a tiny random Gemma 3 and a {s['collection']} collection: what "
+             "the request path costs beyond the model and FAISS. GET /v1/models is the floor.", ""]
     lines += ["The model's and FAISS's own CPU per request are measured in-process on the same model and index "
-              "(the model in batches of 64 of the same input); what is left is the request path's.", ""]
+              "(the model in batches of 64 of the same input); what is left is the request path's. "
+              f"Server processes seen: {_processes(s['cases'])}.", ""]
     lines += _table(["route", "requests", "requests/s", "server CPU ms / request", "model or FAISS CPU ms",
                      "left: request path ms"],
                     [[c["route"], c["requests"], _n(c["requests_per_s"]), _n(c["server_cpu_ms_per_request"]),
                       _n(c.get("faiss_cpu_ms", c.get("model_cpu_ms"))),
                       _n(c.get("beyond_faiss_ms", c.get("beyond_model_ms", c["server_cpu_ms_per_request"])))]
                      for c in s["cases"]])
+    return lines
+
+
+def _processes(cases: list[dict]) -> str:
+    """The server processes seen over ``cases`` (a number, or a range)."""
+    seen = sorted({c["server_processes"] for c in cases if "server_processes" in c})
+    return "-" if not seen else str(seen[0]) if len(seen) == 1 else f"{seen[0]} to {seen[-1]}"
+
+
+def _workers_md(s: dict) -> list[str]:
+    lines = [f"A server of its own per worker count (`EMBEDSEARCH_WORKERS`), each with a tiny random Gemma 3 and a "
+             f"{s['collection']} collection, at concurrency {s['concurrency']}: one-input embeddings (base64) and "
+             "one-vector searches (base64, top 10). Server CPU is user + system time of the serve process and all "
+             "its descendants (from /proc) over the case, per request; N workers run as N + 2 processes (the serve "
+             "process, N HTTP workers, the engine). The last column is requests/s over the same case with "
+             f"{s['workers'][0]} worker.", ""]
+    if any(c["server_processes"] == 1 for c in s["cases"]):
+        lines += ["**One server process** in some cases: that server ran everything in one process "
+                  "(`EMBEDSEARCH_WORKERS` not applied), so those rows do not compare worker counts.", ""]
+    lines += _table(
+        ["workers", "case", "requests", "requests/s", "p50 ms", "p99 ms", "server CPU ms / request",
+         "server processes", "client processes", "requests/s vs 1 worker"],
+        [[c["workers"], c["route"], c["requests"], _n(c["requests_per_s"]), _n(c["p50_ms"]), _n(c["p99_ms"]),
+          _n(c["server_cpu_ms_per_request"]), c["server_processes"], c["client_processes"],
+          f"{_n(c['ratio']['requests_per_s_vs_1_worker'])}x" if "ratio" in c else "-"] for c in s["cases"]])
     return lines
 
 

@@ -40,12 +40,13 @@ DRAIN_SECONDS = 40.0  # a worker's graceful shutdown (30 s) and some
 ENGINE_STOP_SECONDS = 300.0  # the engine's snapshots of every index
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the supervisor dies (Linux; elsewhere children outlive it)."""
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """In a child (before exec): get ``sig`` when its parent dies, even by SIGKILL (Linux; elsewhere a child
+    outlives it)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -62,7 +63,7 @@ class Child:
 
     def start(self, env: dict[str, str]) -> None:
         # A process group of its own: a terminal's Ctrl-C reaches the supervisor, which stops children in order.
-        self.process = subprocess.Popen(self.argv, env=env, pass_fds=self.pass_fds, preexec_fn=_die_with_parent,
+        self.process = subprocess.Popen(self.argv, env=env, pass_fds=self.pass_fds, preexec_fn=die_with_parent,
                                         process_group=0)
         self.started = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.process.pid)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
-
-from benchmarks.server import ROOT, SERVE, Process, free_port, server_environment
+from benchmarks.server import ROOT, SERVE, Process, free_port, server_environment, service_ready
 
 __all__ = ["ROOT", "ServerProcess"]
 
@@ -25,16 +23,6 @@ class ServerProcess(Process):
 
     def start(self, timeout: float = 300.0) -> "ServerProcess":
         super().start()
-        self.wait_ready(self.url + "/ready", ready, timeout)
+        self.wait_ready(self.url + "/ready", service_ready, timeout)
         return self
 
-
-def ready(response: httpx.Response) -> bool:
-    """Whether GET /ready says ready (raises if a model failed to load)."""
-    try:
-        models = response.json()["models"]
-    except (ValueError, KeyError, TypeError):
-        return False
-    if "error" in models.values():
-        raise RuntimeError("server reports a model in state `error` (it failed to load)")
-    return response.status_code == 200

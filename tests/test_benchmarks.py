@@ -1,8 +1,10 @@
 """`python -m benchmarks --quick` runs end to end and writes results.json, report.md and PNG plots.
 
 The run uses a tiny random Gemma 3 (registered through a models file) instead of gemma3:270m, so that
-it takes under a minute; the real model is the default of the command. No timing is asserted: only
-the structure of the results, and that every figure is a positive, finite number.
+it takes about a minute; the real model is the default of the command. No timing is asserted: only
+the structure of the results, and that every figure is a positive, finite number. The load generator's
+client processes and the server CPU meter are checked on their own, against a stub server and a
+process tree of known CPU.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ import math
 import re
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from benchmarks.load import RequestFailed, embedding_counts, run_process_load
+from benchmarks.server import ProcessTreeCPU, Target
 from benchmarks.tiny_model import save_tiny_gemma
 
 pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = ["embeddings", "upsert", "search"]
+SUITES = ["embeddings", "upsert", "search", "workers"]  # every figure of these is checked
 
 
 def figures(node, path: str = ""):
@@ -55,7 +61,7 @@ def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path: Path):
     assert results["machine"]["cpu"] and results["machine"]["cores_logical"] >= 1
     assert {"python", "torch", "faiss", "litestar"} <= set(results["versions"])
     assert results["settings"]["models"] == "tiny"
-    for name in SUITES:
+    for name in ("embeddings", "upsert", "search"):
         suite = results["suites"][name]
         assert suite["status"] == "ok", suite
         assert suite["cases"], name
@@ -67,6 +73,7 @@ def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path: Path):
     assert {c["concurrency"] for c in embeddings["cases"]} >= {1, 16}
     assert all({"p50_ms", "p95_ms", "p99_ms", "inputs_per_s", "tokens_per_s"} <= set(c["service"])
                for c in embeddings["cases"])
+    assert {c["concurrency"]: c["service"]["client_processes"] for c in embeddings["cases"]} == {1: 1, 16: 4}
     assert {t["name"].split()[0] for t in embeddings["targets"]} == {"latency", "throughput"}
     upsert = results["suites"]["upsert"]
     assert {(c["input"], c["index"], c["batch"]) for c in upsert["cases"]} >= {
@@ -79,6 +86,16 @@ def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path: Path):
     assert front["status"] == "ok"
     assert {c["route"] for c in front["cases"]} == {"models", "embeddings", "search"}
     assert all(c["server_cpu_ms_per_request"] > 0 for c in front["cases"])
+    assert all(c["requests"] == 1000 and c["client_processes"] == 4 and c["server_processes"] >= 1
+               for c in front["cases"])
+    workers = results["suites"]["workers"]
+    assert workers["status"] == "ok" and workers["concurrency"] == 64
+    assert [(c["workers"], c["route"]) for c in workers["cases"]] == [
+        (1, "embeddings"), (1, "search"), (2, "embeddings"), (2, "search")]
+    for case in workers["cases"]:
+        assert case["requests"] == 1000 and case["client_processes"] == 4 and case["server_processes"] >= 1, case
+        assert {"requests_per_s", "server_cpu_ms_per_request", "p50_ms", "p99_ms"} <= set(case), case
+        assert ("ratio" in case) == (case["workers"] == 2), case
     assert [t["target"] for t in front["targets"]] == ["<= 0.2 ms", "<= 0.3 ms", "<= 0.4 ms"]
     assert {re.match("[A-Za-z]+", c["index"]).group() for c in search["cases"]} == {"Flat", "HNSW", "IVF"}
     assert {c["filter"] == "none" for c in search["cases"]} == {True, False}
@@ -97,8 +114,10 @@ def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path: Path):
     report = (out / "report.md").read_text()
     for suite in ("front", "embeddings", "search", "stall"):
         assert f"| {suite} | " in report  # its targets in the table of all targets
-    for heading in ("## Machine", "## Targets", "## Front", "## Embeddings", "## Upsert", "## Search", "## Stall", "## Peers"):
+    for heading in ("## Machine", "## Targets", "## Front", "## Workers", "## Embeddings", "## Upsert", "## Search",
+                    "## Stall", "## Peers"):
         assert heading in report
+    assert "| 2 | search | 1000 |" in report  # the workers table
     plots = sorted(out.glob("*.png"))
     assert plots, "no plot written"
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
@@ -131,3 +150,78 @@ def test_peers_report_sets_each_peer_beside_the_service():
     assert "gemma.gguf, 2 threads" in report and "one vector per token" in report
     skipped = {"peers": {"llama.cpp": {"status": "skipped", "reason": "not installed (pip install 'llama-cpp-python[server]')"}}}
     assert _peers_md(skipped)[0] == "- llama.cpp: skipped: not installed (pip install 'llama-cpp-python[server]')"
+
+
+class _Stub(BaseHTTPRequestHandler):
+    """GET /ok and POST /v1/embeddings answer 200 (keep-alive); anything else 404."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self, status: int, body: dict) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_GET(self) -> None:
+        if self.path == "/ok":
+            self._answer(200, {"ok": True})
+        else:
+            self._answer(404, {"error": "no such path"})
+
+    def do_POST(self) -> None:
+        size = len(self.rfile.read(int(self.headers["Content-Length"])))
+        self._answer(200, {"data": [{"embedding": "AAAA"}], "usage": {"prompt_tokens": size}})
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_process_load_spreads_requests_over_client_processes_and_fails_on_errors():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = Target(f"http://127.0.0.1:{server.server_address[1]}", "key")
+    try:
+        got = run_process_load(target, "/ok", None, total=300, concurrency=8, processes=3, warmup=6)
+        assert (got.requests, got.processes, got.inputs, got.tokens) == (300, 3, 300, 0)
+        assert len(got.latencies_s) == 300 and (got.latencies_s > 0).all() and got.elapsed_s > 0
+        assert got.summary()["client_processes"] == 3
+        bodies = [b"x" * 10, b"y" * 20]  # request i sends bodies[i % 2]: tokens are the bytes the stub saw
+        got = run_process_load(target, "/v1/embeddings", bodies, total=100, concurrency=6, counts=embedding_counts)
+        assert (got.requests, got.processes, got.inputs, got.tokens) == (100, 4, 100, 50 * 10 + 50 * 20)
+        with pytest.raises(RequestFailed, match="404"):
+            run_process_load(target, "/missing", None, total=50, concurrency=4)
+    finally:
+        server.shutdown()
+
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+
+
+def test_process_tree_cpu_counts_descendants_live_and_reaped():
+    """A process whose one child burns 0.3 s of CPU and is reaped, and another burns 0.3 s and lives on:
+    both count, and the two live processes are seen."""
+    live = BURN + "print('burnt', flush=True)\ntime.sleep(60)"
+    script = ("import subprocess, sys\n"
+              "print('ready', flush=True); sys.stdin.readline()\n"
+              f"subprocess.run([sys.executable, '-I', '-c', {BURN!r}])\n"
+              f"live = subprocess.Popen([sys.executable, '-I', '-c', {live!r}])\n"
+              "sys.stdin.readline(); live.kill()\n")
+    proc = subprocess.Popen([sys.executable, "-I", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        with ProcessTreeCPU(proc.pid) as cpu:
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == "burnt\n"  # the live child's, after the other one's exit
+        assert cpu.processes == 2
+        assert 0.6 <= cpu.seconds < 5, cpu.seconds
+    finally:
+        try:
+            proc.communicate("\n", timeout=30)  # it kills its live child and exits
+        except (subprocess.TimeoutExpired, OSError):
+            proc.kill()
+            proc.wait()

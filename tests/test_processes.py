@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.server import process_tree
 from benchmarks.tiny_model import WORDS
 from tests.conftest import API_KEY
 from tests.server import ServerProcess
@@ -28,14 +29,13 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def children(pid: int) -> dict[int, str]:
-    """Live child processes of ``pid``: pid -> command line."""
+    """Live descendants of ``pid``: pid -> command line."""
     found = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            try:
-                found[int(child)] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                pass
+    for child in set(process_tree(pid)) - {pid}:
+        try:
+            found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            pass
     return found
 
 

@@ -23,7 +23,7 @@ class CollectionsHealth(msgspec.Struct, kw_only=True):
 
 class ProcessesHealth(msgspec.Struct, kw_only=True):
     engine: Literal["ok", "unavailable"]  # the engine process (models and indexes) answers
-    workers: int  # HTTP worker processes connected to it (0: everything runs in one process)
+    workers: int  # HTTP worker processes connected to it with every model ready (0: all in one process)
     expected_workers: int  # EMBEDSEARCH_WORKERS: ready once every one is connected
 
 

@@ -28,7 +28,7 @@ class Readiness:
     database: bool
     failed_collections: list[int]  # ids: each answers 503, the others serve, so the server stays ready
     engine: bool  # the engine process answers (always, in one process)
-    workers: int  # HTTP worker processes connected to the engine (0 in one process)
+    workers: int  # HTTP worker processes connected to the engine with every model ready (0 in one process)
     expected_workers: int
 
     @property

@@ -67,7 +67,6 @@ class EngineClient:
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        self._status: p.EngineStatus | None = None
         self.connected = asyncio.Event()
 
     # -- connection ------------------------------------------------------------------------------
@@ -111,7 +110,6 @@ class EngineClient:
     def _disconnected(self) -> None:
         self.connected.clear()
         self._writer = None
-        self._status = None
         self._ready.clear()
         for model in self.models.values():
             model.status = "loading"  # a new engine loads them again
@@ -163,8 +161,14 @@ class EngineClient:
         return asyncio.run_coroutine_threadsafe(self.call(request, answer), self._loop).result()  # type: ignore[arg-type]
 
     # -- models ------------------------------------------------------------------------------------
+    def _models_ready(self) -> bool:
+        return all(model.status == "ready" for model in self.models.values())
+
     async def _refresh(self) -> p.EngineStatus:
-        status = await self.call(p.Status(), p.EngineStatus)
+        """Take the engine's status, telling it whether this worker has every model ready (for /ready); once
+        they all are, tell it at once."""
+        was_ready = self._models_ready()
+        status = await self.call(p.Status(was_ready), p.EngineStatus)
         for name, state in status.models.items():
             model = self.models.get(name)
             if model is None:
@@ -177,7 +181,8 @@ class EngineClient:
                 model.tokenizer, model.dimension, model.vocab_size = tokenizer, state.dimension, state.vocab_size
                 model.created = state.created
             model.status = state.status if state.status != "ready" or model.tokenizer else "loading"
-        self._status = status
+        if self._models_ready() and not was_ready:
+            return await self._refresh()
         return status
 
     def model(self, name: str, param: str = "model") -> ServedModel:

@@ -90,7 +90,7 @@ class Indexed(msgspec.Struct, tag=True, array_like=True):
 
 
 class Status(msgspec.Struct, tag=True, array_like=True):
-    pass
+    ready: bool = False  # the asking worker has every model ready (tokenizer loaded): it counts for /ready
 
 
 class Cancel(msgspec.Struct, tag=True, array_like=True):
@@ -150,7 +150,7 @@ class EngineStatus(msgspec.Struct, array_like=True):
     models: dict[str, ModelState]
     failed: list[int]
     indexes: list[IndexStats]
-    workers: int  # HTTP workers connected now
+    workers: int  # HTTP workers connected now with every model ready
 
 
 # -- errors across the boundary ---------------------------------------------------------------------

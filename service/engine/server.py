@@ -39,14 +39,15 @@ class EngineServer:
         self._tokenizers: dict[str, asyncio.Task[str]] = {}  # model -> the path of its tokenizer.json
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
-        self._workers: dict[asyncio.Task[None], int] = {}  # the connections of HTTP workers, with their pids
+        # The connections of HTTP workers: whether the worker said (in its last Status) it has every model ready.
+        self._workers: dict[asyncio.Task[None], bool] = {}
 
     async def start(self, address: str) -> None:
         self._server = await asyncio.start_unix_server(self._serve, sock=p.listening_socket(address), limit=p.MAX_FRAME)
 
     @property
     def workers(self) -> int:
-        """HTTP workers connected now."""
+        """HTTP workers connected now (ready or not)."""
         return len(self._workers)
 
     async def close(self) -> None:
@@ -72,8 +73,10 @@ class EngineServer:
                     if task is not None:
                         task.cancel()
                 elif isinstance(request, p.Hello):
-                    self._workers[connection] = request.pid
+                    self._workers[connection] = False
                 else:
+                    if isinstance(request, p.Status) and connection in self._workers:
+                        self._workers[connection] = request.ready
                     task = asyncio.get_running_loop().create_task(self._answer(call, writer))
                     calls[call.id] = task
                     task.add_done_callback(lambda _, id=call.id: calls.pop(id, None))
@@ -128,7 +131,7 @@ class EngineServer:
 
     async def _status(self) -> p.EngineStatus:
         status = await self.engine.status()
-        status.workers = self.workers
+        status.workers = sum(self._workers.values())
         for name, state in status.models.items():
             if state.status == "ready":
                 state.tokenizer = await self._tokenizer(name)
