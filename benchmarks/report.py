@@ -321,9 +321,9 @@ def _workers_md(s: dict) -> list[str]:
              f"{s['collection']} collection, at concurrency {s['concurrency']}: one-input embeddings (base64) and "
              "one-vector searches (base64, top 10). Server CPU is user + system time of the serve process and all "
              "its descendants (from /proc) over the case, per request; N workers run as N + 2 processes (the serve "
-             "process, N HTTP workers, the engine). The last column is requests/s over the same case with "
-             f"{s['workers'][0]} worker.", ""]
-    if any(c["server_processes"] == 1 for c in s["cases"]):
+             "process, N HTTP workers, the engine); 0 workers is everything in one process. The last column is "
+             "requests/s over the same case with 1 worker.", ""]
+    if any(c["server_processes"] == 1 and c["workers"] for c in s["cases"]):
         lines += ["**One server process** in some cases: that server ran everything in one process "
                   "(`EMBEDSEARCH_WORKERS` not applied), so those rows do not compare worker counts.", ""]
     lines += _table(

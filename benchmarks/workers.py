@@ -1,4 +1,5 @@
-"""Suite `workers`: what more HTTP worker processes buy, with ``EMBEDSEARCH_WORKERS`` = 1 and 2.
+"""Suite `workers`: what the process layout costs and what more HTTP worker processes buy, with
+``EMBEDSEARCH_WORKERS`` = 0 (everything in one process: the reference for the layout's cost), 1 and 2.
 
 For each count N, a server of its own (the `front` suite's :class:`~benchmarks.front.TinyServer`: a
 tiny random Gemma 3 and a 1,000 x 64 Flat collection) started with ``EMBEDSEARCH_WORKERS=N``: N HTTP
@@ -8,7 +9,8 @@ concurrency 64 it answers one-input embeddings (base64) and one-vector searches 
 its own. Reported per case: requests/s, the server's CPU per request (user + system of the serve
 process and all its descendants, from /proc, over the case), the server processes seen (N + 2 when
 the setting is applied; 1 for a server that runs everything in one process), and requests/s with
-N workers over 1 worker. There is no in-process baseline: the 1-worker server is the reference.
+2 workers over 1 worker. There is no in-process baseline: the one-process and 1-worker servers are
+the references.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from tqdm import tqdm
 from benchmarks.context import Context
 from benchmarks.front import COLLECTION, CONCURRENCY, TinyServer
 
-WORKERS = (1, 2)
+WORKERS = (0, 1, 2)
+REFERENCE = 1  # the 2-worker cases are compared with it
 ROUTES = ("embeddings", "search")
 
 
@@ -40,8 +43,8 @@ def run(ctx: Context) -> dict:
                            f"{case['server_cpu_ms_per_request']:.3f} ms/request, {case['server_processes']} "
                            f"server process(es), {case['client_processes']} client processes")
                 cases.append(case)
-    reference = {c["route"]: c["requests_per_s"] for c in cases if c["workers"] == WORKERS[0]}
+    reference = {c["route"]: c["requests_per_s"] for c in cases if c["workers"] == REFERENCE}
     for case in cases:
-        if case["workers"] != WORKERS[0]:
+        if case["workers"] > REFERENCE:
             case["ratio"] = {"requests_per_s_vs_1_worker": case["requests_per_s"] / reference[case["route"]]}
     return result

@@ -91,9 +91,10 @@ def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path: Path):
     workers = results["suites"]["workers"]
     assert workers["status"] == "ok" and workers["concurrency"] == 64
     assert [(c["workers"], c["route"]) for c in workers["cases"]] == [
-        (1, "embeddings"), (1, "search"), (2, "embeddings"), (2, "search")]
+        (0, "embeddings"), (0, "search"), (1, "embeddings"), (1, "search"), (2, "embeddings"), (2, "search")]
     for case in workers["cases"]:
-        assert case["requests"] == 1000 and case["client_processes"] == 4 and case["server_processes"] >= 1, case
+        assert case["requests"] == 1000 and case["client_processes"] == 4, case
+        assert case["server_processes"] == (1 if case["workers"] == 0 else case["workers"] + 2), case
         assert {"requests_per_s", "server_cpu_ms_per_request", "p50_ms", "p99_ms"} <= set(case), case
         assert ("ratio" in case) == (case["workers"] == 2), case
     assert [t["target"] for t in front["targets"]] == ["<= 0.2 ms", "<= 0.3 ms", "<= 0.4 ms"]

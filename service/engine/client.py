@@ -31,7 +31,7 @@ from index import VectorIndex
 from service.engine import protocol as p
 from service.engine.indexes import tuning_from
 from service.engine.registry import Registry
-from service.engine.served import ServedModel, Tokenizer, find_served
+from service.engine.served import ServedModel, Tokenizer, find_served, served_models
 from service.errors import IndexGone, Overloaded, Unavailable
 from service.settings import Settings
 from service.store.documents import CollectionRow
@@ -54,12 +54,7 @@ class EngineClient:
         self.address = address
         self.deadline = settings.engine_deadline_seconds + DEADLINE_MARGIN
         self.tuning = tuning_from(settings)
-        self.models: dict[str, ServedModel] = {}
-        for name in settings.served_models:
-            spec = registry.get(name)
-            if spec is None:
-                raise SystemExit(f"EMBEDSEARCH_MODELS names {name!r}, which is not in the model registry")
-            self.models[name] = ServedModel(spec)
+        self.models = served_models(settings, registry)
         self._tokenizers: dict[str, Tokenizer] = {}  # by tokenizer.json path
         self._ready: set[int] = set()  # collections whose index is known to be ready
         self._writer: asyncio.StreamWriter | None = None

@@ -10,7 +10,7 @@ from service.engine.batcher import Batcher
 from service.engine.encoder import Encoder
 from service.engine.loader import default_batch_tokens, load, pick_device, pick_dtype
 from service.engine.registry import Registry
-from service.engine.served import ServedModel, find_served
+from service.engine.served import ServedModel, find_served, served_models
 from service.settings import Settings
 
 log = logging.getLogger("service.engine")
@@ -21,12 +21,7 @@ class ModelHub:
         self.settings = settings
         self.device = pick_device(settings.device)
         self.dtype = pick_dtype(self.device, settings.dtype)
-        self.models: dict[str, ServedModel] = {}
-        for name in settings.served_models:
-            spec = registry.get(name)
-            if spec is None:
-                raise SystemExit(f"EMBEDSEARCH_MODELS names {name!r}, which is not in the model registry")
-            self.models[name] = ServedModel(spec)
+        self.models = served_models(settings, registry)
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:

@@ -11,8 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.engine.registry import ModelSpec
+from service.engine.registry import ModelSpec, Registry
 from service.errors import NotFound, Unavailable
+from service.settings import Settings
 
 
 class Tokenizer:
@@ -43,6 +44,17 @@ class ServedModel:
     # In the engine process only: the loaded encoder and its batcher.
     encoder: Any = None
     batcher: Any = None
+
+
+def served_models(settings: Settings, registry: Registry) -> dict[str, ServedModel]:
+    """``EMBEDSEARCH_MODELS``' models by name, each loading (SystemExit for a name not in the registry)."""
+    models = {}
+    for name in settings.served_models:
+        spec = registry.get(name)
+        if spec is None:
+            raise SystemExit(f"EMBEDSEARCH_MODELS names {name!r}, which is not in the model registry")
+        models[name] = ServedModel(spec)
+    return models
 
 
 def find_served(models: dict[str, ServedModel], name: str, param: str = "model") -> ServedModel:

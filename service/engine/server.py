@@ -74,6 +74,7 @@ class EngineServer:
                         task.cancel()
                 elif isinstance(request, p.Hello):
                     self._workers[connection] = False
+                    log.info("HTTP worker (pid %d) connected; %d now", request.pid, self.workers)
                 else:
                     if isinstance(request, p.Status) and connection in self._workers:
                         self._workers[connection] = request.ready
