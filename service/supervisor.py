@@ -29,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from service.settings import Settings
 
@@ -59,7 +59,7 @@ class Child:
     process: subprocess.Popen | None = None
     started: float = 0.0
     failures: int = 0  # quick deaths in a row
-    next_start: float = field(default=0.0)
+    next_start: float = 0.0  # not before this (monotonic)
 
     def start(self, env: dict[str, str]) -> None:
         # A process group of its own: a terminal's Ctrl-C reaches the supervisor, which stops children in order.
@@ -75,7 +75,7 @@ class Child:
         self.process = None
         quick = time.monotonic() - self.started < 10
         self.failures = self.failures + 1 if quick else 0
-        self.next_start = time.monotonic() + min(MAX_BACKOFF, 0.5 * 2 ** self.failures if quick else 0)
+        self.next_start = time.monotonic() + (min(MAX_BACKOFF, 0.5 * 2 ** self.failures) if quick else 0.0)
         return status
 
     def signal(self, sig: int) -> None:

@@ -139,10 +139,14 @@ def test_prebuilt_masks_equal_the_ones_transformers_builds_in_the_eager_forward(
     assert set(ours) == set(seen) == {"full_attention", "sliding_attention"}
     for layer_type, mask in seen.items():
         assert mask.dtype == torch.bool and mask.shape == (len(lengths), 1, width, width)
-        assert torch.equal(ours[layer_type], mask), layer_type
+        queries = real[:, None, :, None]  # at real positions: the same masks
+        assert torch.equal(ours[layer_type] & queries, mask & queries), layer_type
+        # at padding positions: what transformers allows, and the position itself (never a row of nothing)
+        assert torch.equal(ours[layer_type] & ~queries, (mask | torch.eye(width, dtype=torch.bool)) & ~queries)
+        assert ours[layer_type].any(dim=-1).all()
     # the window bites: row 0 (40 tokens) sees fewer keys in the sliding layer than in the full one
     assert ours["sliding_attention"][0].sum() < ours["full_attention"][0].sum()
-    assert not ours["full_attention"][1, 0, :, 3:].any()  # no key past a row's length
+    assert not ours["full_attention"][1, 0, :3, 3:].any()  # no real position sees a key past its row's length
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["plain", "dense"])

@@ -78,7 +78,11 @@ def attention_masks(real: torch.Tensor, layer_types: set[str], sliding_window: i
     """Gemma 3's 4-D boolean masks [batch, 1, query, key] (True: attend), as transformers builds them
     from the 2-D padding mask ``real`` [batch, length] for sdpa: causal, or bidirectional
     (``use_bidirectional_attention``), with a sliding window of ``sliding_window`` on sliding layers;
-    no key past a row's length. No value is read on the host, so a CUDA graph can capture it."""
+    no key past a row's length. One thing differs, at padding positions only: each attends to itself.
+    A padding query more than a window past its row's end would otherwise see no key at all, and a
+    fully masked row of attention can come out NaN on a GPU; at a real position the mask is the same
+    (its own key is always allowed), and no real position attends to padding, so the vectors are too.
+    No value is read on the host, so a CUDA graph can capture it."""
     tokens = torch.arange(real.shape[1], device=real.device)
     distance = tokens[:, None] - tokens[None, :]  # query position minus key position
     if bidirectional:
@@ -88,7 +92,8 @@ def attention_masks(real: torch.Tensor, layer_types: set[str], sliding_window: i
         patterns = {"full_attention": distance >= 0,
                     "sliding_attention": (distance >= 0) & (distance < sliding_window)}
     keys = real[:, None, None, :]
-    return {layer_type: patterns[layer_type] & keys for layer_type in layer_types}
+    padding_self = (distance == 0) & ~real[:, None, :, None]  # [batch, 1, query, key]
+    return {layer_type: (patterns[layer_type] & keys) | padding_self for layer_type in layer_types}
 
 
 class BucketedForward:
