@@ -268,9 +268,13 @@ class Batcher:
         running: tuple[list[_Item], Forward] | None = None
         while batches:
             started = await self._start(batches.pop(0))
-            if running is not None:  # the next batch is queued: now wait for this one
+            if running is not None:  # the next batch is queued behind it: now wait for this one
                 await self._finish(*running)
-            running = started
+                running = None
+            if started is not None and isinstance(started[1], np.ndarray):  # ran to its end (eager): hand it out
+                await self._finish(*started)
+            else:
+                running = started
             joined = self._take(2 * POOL_BATCHES * self.max_tokens, tokens, frozenset(keys)) if batches else []
             if joined:
                 keys.update(item.job.key for item in joined)
