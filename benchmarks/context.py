@@ -66,8 +66,9 @@ class Profile:
             # A throughput case on a GPU: 4,000 requests, all of them (no time limit), a few seconds to a
             # minute there. On a CPU the 270M model answers 1 to 50 inputs/s: 4,000 requests would take
             # from over a minute (short) to about an hour (long) per case, so there a case is `rounds`
-            # requests per concurrent worker, cut at `embed_seconds`.
-            min_requests=16, rounds=4 if gpu else 2, throughput_requests=4000 if gpu else 0,
+            # requests per concurrent worker, cut at `embed_seconds`: four, so that the first round's
+            # ramp-up and the last one's drain weigh less (with two, they were half of a case).
+            min_requests=16, rounds=4, throughput_requests=4000 if gpu else 0,
             baseline_seconds=3.0 if gpu else 1.5, baseline_max_batch=256,
             sizes=sizes or [100_000, 1_000_000], batch100_docs=5000, text_batches=3, text_tokens=32,
             indexes=list(indexes),
