@@ -216,9 +216,6 @@ class EngineClient:
             self._ready.add(collection_id)
         return state
 
-    async def failed_indexes(self) -> list[int]:
-        return (await self._refresh()).failed
-
     def _on_index(self, collection_id: int, request: p.Request, answer: type[T] | Any = Any) -> T:
         try:
             return self._call_from_thread(request, answer)

@@ -95,9 +95,6 @@ class Engine:
         """``ready``, ``failed`` (it answers 503) or None (not opened here)."""
         return self.indexes.state(collection_id)
 
-    async def failed_indexes(self) -> list[int]:
-        return self.indexes.failed()
-
     def indexed(self, collection_id: int) -> int:
         return self.indexes.indexed(collection_id)
 
