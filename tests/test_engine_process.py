@@ -8,6 +8,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import msgspec
 import numpy as np
@@ -197,6 +198,36 @@ async def test_while_the_engine_is_down_calls_are_503_and_the_worker_reconnects(
         await ready(client)
         assert (await client.embed("tiny", [[2, 5]], key="t")).shape == (1, 64)
         assert await client.index_state(row.id) == "ready"
+
+
+async def test_a_collection_deleted_through_one_worker_is_gone_for_another(setup: Setup):
+    """Two HTTP workers' domains (each with its own cache of collection rows) over one engine: after worker A
+    deletes a collection that worker B has cached, B's next request to it is a 503 collection_changed (its
+    cache said ready; the engine says gone), and from then on B answers 404, reads and writes alike."""
+    from service.api.app import build
+
+    workers = [build(setup.settings, setup.registry, setup.database, setup.address) for _ in range(2)]
+    for services in workers:
+        await services.engine.start()
+    try:
+        a, b = workers
+        for services in workers:
+            await ready(services.engine)
+        await a.collections.create("t", "c", model=None, dimension=2, metric="cosine", index="Flat")
+        vector = SimpleNamespace(id="x", text=None, vector=[1.0, 0.0], metadata=None)
+        await b.documents.upsert("t", "c", [vector])
+        assert (await b.collections.describe("t", "c")).indexed == 1  # B has the row cached now
+        await a.collections.delete("t", "c")
+        with pytest.raises(IndexGone) as changed:
+            await b.collections.describe("t", "c")
+        assert changed.value.code == "collection_changed" and changed.value.retry_after == 1
+        with pytest.raises(NotFound):
+            await b.collections.describe("t", "c")
+        with pytest.raises(NotFound):
+            await b.documents.upsert("t", "c", [vector])
+    finally:
+        for services in workers:
+            await services.engine.stop()
 
 
 async def test_unknown_models_and_collections_answer_as_in_one_process(setup: Setup):

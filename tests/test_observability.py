@@ -293,6 +293,14 @@ async def test_access_log_line_has_request_id_method_path_status_and_duration(cl
     assert "[req req-access-2]" in TextFormatter().format(missing)
 
 
+def test_log_lines_name_their_process_where_there_are_several():
+    record = logging.LogRecord("service.engine", logging.INFO, __file__, 1, "engine ready", None, None)
+    assert " [worker 2] service.engine: engine ready" in TextFormatter("worker 2").format(record)
+    assert "[" not in TextFormatter().format(record)  # one process: no tag
+    assert json.loads(JsonFormatter("engine").format(record))["process"] == "engine"
+    assert "process" not in json.loads(JsonFormatter().format(record))
+
+
 def test_log_lines_carry_the_request_id_of_their_context_and_json_stays_one_line():
     logger = logging.getLogger("tests.observability")
     lines: list[str] = []
