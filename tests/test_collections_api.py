@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 
 import numpy as np
@@ -286,6 +287,27 @@ async def test_deletes_by_id_ids_and_filter(client):
     assert (await client.get("/v1/collections/d")).json()["count"] == 6
 
 
+async def test_gets_documents_by_ids_in_their_order(client):
+    await make(client, "g", dimension=2)
+    await upsert(client, "g", [{"id": str(i), "vector": [1, i], "text": f"t{i}", "metadata": {"n": i}} for i in range(5)])
+    got = await client.post("/v1/collections/g/documents/get", json={"ids": ["3", "nope", "0", "3"]})
+    assert got.status_code == 200
+    assert got.json() == {"object": "list", "data": [{"id": "3", "text": "t3", "metadata": {"n": 3}},
+                                                     {"id": "0", "text": "t0", "metadata": {"n": 0}},
+                                                     {"id": "3", "text": "t3", "metadata": {"n": 3}}]}
+    with_vectors = await client.post("/v1/collections/g/documents/get", json={"ids": ["2"], "include": ["vector"]})
+    assert with_vectors.json()["data"][0]["vector"] == [1.0, 2.0]
+    b64 = await client.post("/v1/collections/g/documents/get",
+                            json={"ids": ["2"], "include": ["vector"], "encoding_format": "base64"})
+    assert b64.json()["data"][0]["vector"] == base64.b64encode(np.array([1, 2], "<f4").tobytes()).decode()
+    assert (await client.post("/v1/collections/g/documents/get", json={"ids": ["nope"]})).json()["data"] == []
+    assert_error(await client.post("/v1/collections/g/documents/get", json={"ids": []}), 400, param="ids")
+    assert_error(await client.post("/v1/collections/g/documents/get", json={"ids": ["x"] * 1001}), 400, param="ids")
+    assert_error(await client.post("/v1/collections/g/documents/get", json={"ids": ["a\x00"]}), 400, param="ids")
+    assert_error(await client.post("/v1/collections/g/documents/get", json={"ids": ["1"], "include": ["text"]}), 400)
+    assert_error(await client.post("/v1/collections/nope/documents/get", json={"ids": ["1"]}), 404)
+
+
 async def test_tenants_cannot_see_each_others_collections(client):
     other = {"Authorization": f"Bearer {client.app.state.services.keys.create('other')}"}
     await make(client, "mine", dimension=2)
@@ -298,6 +320,7 @@ async def test_tenants_cannot_see_each_others_collections(client):
         ("GET", "/v1/collections/mine/documents/secret", None),
         ("DELETE", "/v1/collections/mine/documents/secret", None),
         ("POST", "/v1/collections/mine/documents/delete", {"ids": ["secret"]}),
+        ("POST", "/v1/collections/mine/documents/get", {"ids": ["secret"]}),
         ("POST", "/v1/collections/mine/search", {"vector": [1, 0]}),
     ]
     for method, path, body in checks:

@@ -129,6 +129,8 @@ KNOWN_GOOD: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"path_parameters": {"name": SEEDED_VECTORS, "doc_id": "doc-2"}}],
     ("POST", "/v1/collections/{name}/documents/delete"): [
         {"path_parameters": {"name": SEEDED_VECTORS}, "body": {"ids": ["doc-2", "nope"]}}],
+    ("POST", "/v1/collections/{name}/documents/get"): [
+        {"path_parameters": {"name": SEEDED}, "body": {"ids": ["nope", SEEDED_DOC], "include": ["vector"]}}],
     ("GET", "/v1/collections/{name}/documents"): [
         {"path_parameters": {"name": SEEDED}, "query": {"limit": 1, "filter": '{"n": {"$gte": 1}}'}}],
     ("POST", "/v1/collections/{name}/documents"): [

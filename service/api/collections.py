@@ -20,8 +20,10 @@ from service.api.schemas import (
     DeleteResponse,
     Deleted,
     Document,
+    DocumentList,
     DocumentPage,
     EncodingFormat,
+    GetRequest,
     SearchRequest,
     SearchResponse,
     UpsertRequest,
@@ -120,6 +122,13 @@ class CollectionsController(Controller):
         doc_id = document_id(doc_id)
         await services(request).documents.delete(caller(request).tenant, name, doc_id)
         return Deleted(id=doc_id, object="document")
+
+    @post("/{name:str}/documents/get", status_code=200, summary="Get up to 1000 documents by id, in that order",
+          responses=errors(404, 413))
+    async def get_documents(self, name: str, data: GetRequest, request: Request) -> DocumentList:
+        with_vectors = "vector" in data.include
+        docs = await services(request).documents.get_many(caller(request).tenant, name, data.ids, with_vectors)
+        return DocumentList(data=[wire.document(d, with_vectors, data.encoding_format) for d in docs])
 
     @post("/{name:str}/documents/delete", status_code=200, summary="Delete documents by ids and/or filter",
           responses=errors(404, 413))

@@ -149,6 +149,17 @@ class DeleteRequest(Request):
     filter: Filter | None = None
 
 
+class GetRequest(Request):
+    ids: list[str]  # 1 to 1000; the answer keeps their order and leaves out ids with no document
+    include: list[Literal["vector"]] = []
+    encoding_format: EncodingFormat = "float"
+
+
+class DocumentList(msgspec.Struct, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[Document]
+
+
 class DeleteResponse(msgspec.Struct, kw_only=True):
     deleted: int
 

@@ -124,6 +124,22 @@ class Documents:
             raise _no_document(doc_id, name)
         return doc
 
+    async def get_many(self, tenant: str, name: str, ids: list[str], with_vectors: bool) -> list[StoredDocument]:
+        """The documents with these ids, in their order; ids with no document are left out."""
+        row = await self.collections.get(tenant, name)
+        if not 1 <= len(ids) <= validation.MAX_PAGE:
+            raise InvalidRequest(f"Give 1 to {validation.MAX_PAGE} ids per call.", param="ids")
+        if with_vectors and len(ids) * row.dimension > validation.MAX_RESPONSE_VALUES:
+            raise InvalidRequest(f"{len(ids)} ids x dimension {row.dimension} vector values are more than "
+                                 f"{validation.MAX_RESPONSE_VALUES} in one response: ask for fewer ids, or leave "
+                                 "`vector` out of include.", param="include")
+        for i, doc_id in enumerate(ids):
+            validation.check_text(doc_id, f"ids[{i}]", param="ids")
+        found = {d.id: d for d in await asyncio.to_thread(self.store.by_ids, row.id, list(set(ids)))}
+        docs = [found[doc_id] for doc_id in ids if doc_id in found]
+        validation.check_response_size(docs, "ids", text=True, metadata=True)
+        return docs
+
     async def page(self, tenant: str, name: str, *, limit: int, after: str | None,
                    filter: object) -> tuple[list[StoredDocument], bool]:
         """Documents in id order after ``after``, at most ``limit``, matching ``filter``: (page, has_more)."""

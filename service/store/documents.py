@@ -203,6 +203,10 @@ class DocumentStore:
             ).first()
         return _document(row) if row else None
 
+    def by_ids(self, collection_id: int, ids: list[str]) -> list[StoredDocument]:
+        with self.engine.connect() as conn:
+            return [_document(r) for r in conn.execute(select(*_DOC_COLUMNS).where(self._where(collection_id, ids=ids)))]
+
     def page(self, collection_id: int, filter: Filter | None, after: str | None, limit: int) -> list[StoredDocument]:
         query = select(*_DOC_COLUMNS).where(self._where(collection_id, filter))
         if after is not None:
