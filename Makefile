@@ -8,7 +8,7 @@ LOCK := requirements.lock
 PYTEST_ARGS ?=
 # pip-compile's options: the lock holds runtime, test and bench dependencies, with hashes.
 LOCK_OPTIONS := --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
-	--extra test --extra bench --constraint lock-constraints.txt
+	--extra server --extra langchain --extra llama-index --extra test --extra bench --constraint lock-constraints.txt
 
 .PHONY: install install-gpu serve test test-fast bench lock lock-check clean
 
@@ -27,7 +27,7 @@ install-gpu: $(STAMP)
 	$(PY) -m pip install -q --force-reinstall --no-deps "torch==$$v" && \
 	$(PY) -m pip install -q "torch==$$v"  # the CUDA libraries it needs
 	$(PY) -m pip uninstall -q -y faiss-cpu
-	$(PY) -m pip install -q -e ".[gpu]"
+	$(PY) -m pip install -q -e ".[server,gpu]"
 
 # Re-resolve requirements.lock from pyproject.toml, keeping today's pins where they still fit;
 # `make lock UPGRADE=1` takes the newest releases instead.

@@ -1,7 +1,7 @@
 """Does requirements.lock still match pyproject.toml? ``python .ci/check_lock.py pyproject.toml requirements.lock``
 
-The lock matches when every requirement of the project (runtime, and the `test` and `bench` extras it is
-made with) is pinned there at a version its specifier admits, when the packages the lock says it took
+The lock matches when every requirement of the project (runtime, and the extras it is made with) is
+pinned there at a version its specifier admits, when the packages the lock says it took
 "via embedsearch (pyproject.toml)" are exactly those requirements, and when it was made for this Python.
 Anything else means pyproject.toml changed without `make lock`. Exit 1 with the differences.
 """
@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-EXTRAS = ("test", "bench")
+EXTRAS = ("server", "langchain", "llama-index", "test", "bench")
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
 FROM_PROJECT = re.compile(r"^#\s+(?:via\s+)?embedsearch \(pyproject\.toml\)")
 
