@@ -46,6 +46,7 @@ class AsyncClient:
                  default_headers: Mapping[str, str] | None = None, http_client: httpx.AsyncClient | None = None) -> None:
         root, key = _api.settings(base_url, api_key)
         self.base_url = root + "/v1"
+        self.api_key = key
         self._retries = _api.Retries(max_retries)
         self._owned = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=timeout)

@@ -23,7 +23,9 @@ async def test_every_route_awaited(aclient: AsyncClient, name: str):
     kb = await aclient.create_collection(name, model="tiny")
     assert name in [c.name for c in await aclient.list_collections()]
     assert (await aclient.get_collection(name)).name == name
-    texts = [f"note {i} on subject {i % 5}" for i in range(300)]  # past 2000 tokens a request: split
+    # 300 texts from words the tiny tokenizer knows (benchmarks/tiny_model.py), past 2000 tokens a request
+    words = "the quick brown fox jumps over lazy dog cat sat mat red green blue apple banana cherry".split()
+    texts = [" ".join(words[(i * k) % len(words)] for k in range(1, 9)) for i in range(300)]
     ids = await kb.upsert([{"id": f"{i:03d}", "text": t, "metadata": {"subject": i % 5}} for i, t in enumerate(texts)])
     assert len(ids) == 300 and (await kb.count()) == 300 and (await kb.info()).indexed == 300
     doc = await kb.get("007", include_vector=True)
@@ -35,6 +37,7 @@ async def test_every_route_awaited(aclient: AsyncClient, name: str):
     assert [d.id async for d in kb.documents(page_size=64)] == sorted(ids)
     hits = await kb.search(texts[42], top_k=3, filter={"subject": 2})
     assert hits[0].score == pytest.approx(1.0, abs=1e-4) and all(h.metadata["subject"] == 2 for h in hits)
+    assert texts[42] in [h.text for h in hits if h.score > 0.9999]
     by_vector = await kb.search(vector=doc.vector, top_k=1, include=["vector"])
     np.testing.assert_allclose(by_vector[0].vector, doc.vector, atol=1e-6)
     batch = await kb.search_batch(texts[:3], top_k=1)
