@@ -17,9 +17,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
 import numpy as np
-from langchain_core.documents import Document
-from langchain_core.embeddings import Embeddings
-from langchain_core.vectorstores import VectorStore
+
+try:
+    from langchain_core.documents import Document
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.vectorstores import VectorStore
+except ModuleNotFoundError as exc:
+    raise ModuleNotFoundError("embedsearch.langchain needs langchain-core: pip install 'embedsearch[langchain]'",
+                              name=exc.name) from exc
 
 from embedsearch.async_client import AsyncClient, AsyncCollection
 from embedsearch.client import Client

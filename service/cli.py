@@ -8,7 +8,11 @@ import signal
 import sys
 from pathlib import Path
 
-from service.settings import Settings
+try:
+    from service.settings import Settings
+except ModuleNotFoundError as exc:  # a client-only install (`pip install embedsearch`) has no server
+    raise SystemExit(f"The embedsearch server needs its dependencies ({exc.name} is not installed): "
+                     "pip install 'embedsearch[server]'") from None
 
 
 def _settings(args: argparse.Namespace) -> Settings:
