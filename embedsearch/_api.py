@@ -55,6 +55,7 @@ MAX_GET_IDS = 1000  # per documents/get
 MAX_DELETE_IDS = 10_000  # per documents/delete
 MAX_INPUTS = 2048  # embeddings inputs per request
 MAX_QUERIES = 256  # per search
+MAX_TOP_K = 1000  # hits per query
 MAX_SEARCH_HITS = 10_000  # queries x top_k of one search
 # Kept under by each batch the client makes: a quarter of the default 32 MiB body limit, and the
 # 300,000 tokens one request may embed (a token is at least one UTF-8 byte, plus two per text).
@@ -67,18 +68,30 @@ RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolEr
 MAX_RETRY_AFTER = 60.0
 
 
-def settings(base_url: str | None, api_key: str | None) -> tuple[str, str]:
-    """(the server's root URL, the API key), from the arguments or the environment, as openai does: the
-    base URL names the API root (``http://host:8000/v1``; a URL without the ``/v1`` is taken as well)."""
-    url = (base_url or os.environ.get("EMBEDSEARCH_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-    key = api_key or os.environ.get("EMBEDSEARCH_API_KEY")
-    if not key:
-        raise EmbedsearchError("No API key: pass api_key=... or set EMBEDSEARCH_API_KEY.")
-    return url.removesuffix("/v1"), key
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 
 
-def headers(key: str, extra: Mapping[str, str] | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}", "User-Agent": "embedsearch-python", **(extra or {})}
+class ClientBase(Generic[H]):
+    """What both clients share: their settings, the httpx client they own (or were given) and retries."""
+
+    _http_class: type[H]
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
+                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, max_retries: int = DEFAULT_MAX_RETRIES,
+                 default_headers: Mapping[str, str] | None = None, http_client: H | None = None) -> None:
+        url = (base_url or os.environ.get("EMBEDSEARCH_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        key = api_key or os.environ.get("EMBEDSEARCH_API_KEY")
+        if not key:
+            raise EmbedsearchError("No API key: pass api_key=... or set EMBEDSEARCH_API_KEY.")
+        root = url.removesuffix("/v1")  # the API root, as openai's base URL; the server's root taken as well
+        self.base_url = root + "/v1"
+        self.api_key = key
+        self._retries = Retries(max_retries)
+        self._owned = http_client is None
+        self._http: H = http_client or self._http_class(timeout=timeout)
+        self._http.base_url = httpx.URL(root)
+        self._http.headers.update({"Authorization": f"Bearer {key}", "User-Agent": "embedsearch-python",
+                                   **(default_headers or {})})
 
 
 @dataclass

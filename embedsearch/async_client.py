@@ -4,7 +4,7 @@ synchronous ones of embedsearch/client.py (each awaitable; ``documents()`` an as
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -32,26 +32,10 @@ T = TypeVar("T")
 __all__ = ["AsyncClient", "AsyncCollection"]
 
 
-class AsyncClient:
-    """An asyncio client of one embedsearch server (see ``embedsearch.Client``).
+class AsyncClient(_api.ClientBase[httpx.AsyncClient]):
+    """An asyncio client of one embedsearch server: the settings, retries and methods of ``Client``, awaited."""
 
-    ``base_url`` defaults to ``$EMBEDSEARCH_BASE_URL`` (else ``http://localhost:8000/v1``), ``api_key`` to
-    ``$EMBEDSEARCH_API_KEY``, as the ``openai`` client reads its own. Requests answered 429 or 503, and
-    requests that never reached the server, are retried ``max_retries`` times, waiting as Retry-After
-    says (else backing off exponentially). Every other error status raises its ``APIStatusError``.
-    """
-
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
-                 timeout: float | httpx.Timeout = _api.DEFAULT_TIMEOUT, max_retries: int = _api.DEFAULT_MAX_RETRIES,
-                 default_headers: Mapping[str, str] | None = None, http_client: httpx.AsyncClient | None = None) -> None:
-        root, key = _api.settings(base_url, api_key)
-        self.base_url = root + "/v1"
-        self.api_key = key
-        self._retries = _api.Retries(max_retries)
-        self._owned = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=timeout)
-        self._http.base_url = root
-        self._http.headers.update(_api.headers(key, default_headers))
+    _http_class = httpx.AsyncClient
 
     async def close(self) -> None:
         if self._owned:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -31,26 +31,17 @@ T = TypeVar("T")
 __all__ = ["Client", "Collection"]
 
 
-class Client:
-    """A client of one embedsearch server.
+class Client(_api.ClientBase[httpx.Client]):
+    """A client of one embedsearch server (``AsyncClient``: the same, awaited).
 
     ``base_url`` defaults to ``$EMBEDSEARCH_BASE_URL`` (else ``http://localhost:8000/v1``), ``api_key`` to
     ``$EMBEDSEARCH_API_KEY``, as the ``openai`` client reads its own. Requests answered 429 or 503, and
     requests that never reached the server, are retried ``max_retries`` times, waiting as Retry-After
     says (else backing off exponentially). Every other error status raises its ``APIStatusError``.
+    ``http_client``: an httpx client of your own (proxies, transports, event hooks); it is not closed.
     """
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
-                 timeout: float | httpx.Timeout = _api.DEFAULT_TIMEOUT, max_retries: int = _api.DEFAULT_MAX_RETRIES,
-                 default_headers: Mapping[str, str] | None = None, http_client: httpx.Client | None = None) -> None:
-        root, key = _api.settings(base_url, api_key)
-        self.base_url = root + "/v1"
-        self.api_key = key
-        self._retries = _api.Retries(max_retries)
-        self._owned = http_client is None
-        self._http = http_client or httpx.Client(timeout=timeout)
-        self._http.base_url = root
-        self._http.headers.update(_api.headers(key, default_headers))
+    _http_class = httpx.Client
 
     def close(self) -> None:
         if self._owned:

@@ -17,7 +17,7 @@ def test_every_package_is_in_the_wheel():
     listed = set(setuptools["packages"])
     mapped = {name: ROOT / folder for name, folder in setuptools["package-dir"].items()}
     found = set()
-    for top in ("service", "index"):
+    for top in ("embedsearch", "service", "index"):
         for init in (ROOT / top).rglob("__init__.py"):
             found.add(".".join(init.parent.relative_to(ROOT).parts))
     for name, folder in mapped.items():
