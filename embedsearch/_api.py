@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
@@ -244,28 +244,45 @@ def _size(item: dict[str, Any] | str) -> tuple[int, int]:
     return size, text
 
 
-class Batches(Generic[T]):
-    """Items cut into requests the server takes: at most ``limit`` items, BATCH_BYTES of body and
-    BATCH_TEXT_BYTES of text to embed each. Iterate to get them in order; a batch the server still finds
-    too large (413, or too many tokens) goes back in halves through ``split``."""
+_END = object()
 
-    def __init__(self, items: list[T], limit: int) -> None:
-        self.pending: deque[list[T]] = deque()
-        batch: list[T] = []
-        size = text = 0
-        for item in items:
-            more, more_text = _size(item)  # type: ignore[arg-type]
-            if batch and (len(batch) >= limit or size + more > BATCH_BYTES or text + more_text > BATCH_TEXT_BYTES):
-                self.pending.append(batch)
-                batch, size, text = [], 0, 0
-            batch.append(item)
-            size, text = size + more, text + more_text
-        if batch:
-            self.pending.append(batch)
+
+class Batches(Generic[T]):
+    """Items cut into requests the server takes, as they are read (a large upsert is never all in memory
+    at once): at most ``limit`` items, BATCH_BYTES of body and BATCH_TEXT_BYTES of text to embed each.
+    A batch the server still finds too large (413, or too many tokens) comes again in halves after
+    ``split``, so batches succeed in the items' order."""
+
+    def __init__(self, items: Iterable[T], limit: int) -> None:
+        self.items = iter(items)
+        self.limit = limit
+        self.again: deque[list[T]] = deque()
+        self.next: Any = _END  # read, but past the last batch's limits
 
     def __iter__(self) -> Iterator[list[T]]:
-        while self.pending:
-            yield self.pending.popleft()
+        while True:
+            if self.again:
+                yield self.again.popleft()
+                continue
+            batch = self._read()
+            if not batch:
+                return
+            yield batch
+
+    def _read(self) -> list[T]:
+        batch: list[T] = []
+        size = text = 0
+        while True:
+            item = self.next if self.next is not _END else next(self.items, _END)
+            self.next = _END
+            if item is _END:
+                return batch
+            more, more_text = _size(item)  # type: ignore[arg-type]
+            if batch and (len(batch) >= self.limit or size + more > BATCH_BYTES or text + more_text > BATCH_TEXT_BYTES):
+                self.next = item
+                return batch
+            batch.append(item)
+            size, text = size + more, text + more_text
 
     def split(self, batch: list[T], exc: APIStatusError) -> None:
         """Queue ``batch`` again in halves when ``exc`` says it was too large; otherwise re-raise ``exc``."""
@@ -274,14 +291,15 @@ class Batches(Generic[T]):
         if not too_large or len(batch) < 2:
             raise exc
         half = len(batch) // 2
-        self.pending.extendleft([batch[half:], batch[:half]])
+        self.again.extendleft([batch[half:], batch[:half]])
 
 
-def progress(total: int, description: str, show: bool | None, batches: int) -> tqdm:
-    """A progress bar over ``total`` items: shown when asked, or by default for work of several batches
-    on a terminal."""
+def progress(items: Iterable[Any], description: str, show: bool | None, limit: int) -> tqdm:
+    """A progress bar over ``items``: shown when asked, or by default on a terminal for more than one
+    batch of ``limit`` (or an unknown number)."""
+    total = len(items) if isinstance(items, Sized) else None
     if show is None:
-        show = batches > 1 and sys.stderr.isatty()
+        show = (total is None or total > limit) and sys.stderr.isatty()
     return tqdm(total=total, desc=description, unit="doc", disable=not show, leave=False)
 
 

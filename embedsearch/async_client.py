@@ -69,10 +69,10 @@ class AsyncClient(_api.ClientBase[httpx.AsyncClient]):
                     truncate: bool | None = None, progress: bool | None = None) -> np.ndarray:
         """Embeddings of ``input`` as a float32 array, one row per text (a single string gives one row).
         Any number of texts: they go in batches the server takes."""
-        texts = [input] if isinstance(input, str) else list(input)
+        texts = [input] if isinstance(input, str) else input
         batches = _api.Batches(texts, _api.MAX_INPUTS)
         rows: list[np.ndarray] = []
-        with _api.progress(len(texts), "embed", progress, len(batches.pending)) as bar:
+        with _api.progress(texts, "embed", progress, _api.MAX_INPUTS) as bar:
             for batch in batches:
                 try:
                     rows.append(await self._call(_api.embed(batch, model, dimensions, truncate)))
@@ -153,17 +153,19 @@ class AsyncCollection:
         """Insert or replace documents (``Document``s or dicts with id, text, metadata, vector): their ids,
         in order. Any number: they go in batches the server takes, each all or nothing, with a progress
         bar (by default on a terminal, for more than one batch)."""
-        docs = [_api.document_in(d) for d in documents]
-        batches = _api.Batches(docs, min(batch_size, _api.MAX_DOCUMENTS))
-        with _api.progress(len(docs), f"upsert {self.name}", progress, len(batches.pending)) as bar:
+        limit = min(batch_size, _api.MAX_DOCUMENTS)
+        batches = _api.Batches((_api.document_in(d) for d in documents), limit)
+        ids: list[str] = []
+        with _api.progress(documents, f"upsert {self.name}", progress, limit) as bar:
             for batch in batches:
                 try:
                     await self.client._call(_api.upsert(self.name, batch))
                 except APIStatusError as exc:
                     batches.split(batch, exc)
                     continue
+                ids += [d["id"] for d in batch]
                 bar.update(len(batch))
-        return [d["id"] for d in docs]
+        return ids
 
     async def get(self, id: str, *, include_vector: bool = False) -> Document:
         """One document (NotFoundError if there is none)."""

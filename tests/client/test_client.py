@@ -143,7 +143,7 @@ def test_bulk_upsert_splits_past_the_body_limit_with_a_progress_bar(client: Clie
     kb = client.create_collection(name, dimension=256, metric="dot")
     docs = [{"id": str(i), "vector": vectors[i], "metadata": {"i": i}} for i in range(2500)]
     # 1000 base64 vectors of 256 dimensions are 1.4 MB, past this server's 1 MiB: each batch is halved
-    assert len(_api.Batches([_api.document_in(d) for d in docs], 1000).pending) == 3
+    assert len(list(_api.Batches([_api.document_in(d) for d in docs], 1000))) == 3
     ids = kb.upsert(docs, progress=True)
     assert ids == [str(i) for i in range(2500)] and kb.count() == 2500
     assert f"upsert {name}" in capsys.readouterr().err
