@@ -1,4 +1,5 @@
-"""FAISS-backed vector index for one collection of vectors with caller-assigned int64 ids.
+"""FAISS-backed vector index for one collection of vectors with caller-assigned int64 ids, and a BM25
+keyword index of its texts (keywords.py).
 
 Knows nothing of HTTP or SQL. See index/vector_index.py for the API and the thread-safety contract
 (the caller serialises writes; searches and ``freeze`` may run concurrently with each other, never with
@@ -7,6 +8,7 @@ a write; ``Snapshot.write`` needs no lock).
 
 from .allowed import GATHERED_MAX_BYTES
 from .build import build, build_from_chunks
+from .keywords import KeywordIndex
 from .persistence import CorruptIndexError, Snapshot
 from .structure import MIN_POINTS_PER_CENTROID, default_nprobe
 from .tuning import (
@@ -23,6 +25,7 @@ from .vector_index import AllowedSet, VectorIndex
 
 __all__ = [
     "VectorIndex",
+    "KeywordIndex",
     "AllowedSet",
     "Tuning",
     "Snapshot",

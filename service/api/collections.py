@@ -22,6 +22,7 @@ from service.api.schemas import (
     Document,
     DocumentList,
     DocumentPage,
+    RRF,
     EncodingFormat,
     GetRequest,
     SearchRequest,
@@ -29,8 +30,10 @@ from service.api.schemas import (
     UpsertRequest,
     UpsertResponse,
     Usage,
+    Weighted,
 )
 from service.api.state import caller, services
+from service.domain.fusion import Fusion
 from service.domain.search import Query
 from service.errors import InvalidRequest
 
@@ -50,8 +53,23 @@ def _query(data: SearchRequest) -> Query:
     else:
         texts, vectors = None, [wire.vector_in(v, field if field == "vector" else f"{field}[{i}]", field)
                                 for i, v in enumerate(items)]
+    if data.keyword is not None and data.mode == "dense":
+        raise InvalidRequest("keyword is for mode keyword or hybrid.", param="keyword")
+    if data.fusion is not None and data.mode != "hybrid":
+        raise InvalidRequest("fusion is for mode hybrid.", param="fusion")
     return Query(field=field, texts=texts, vectors=vectors, top_k=data.top_k, filter=data.filter,
-                 include=frozenset(data.include), min_score=data.min_score)
+                 include=frozenset(data.include), min_score=data.min_score, mode=data.mode, keyword=data.keyword,
+                 fusion=_fusion(data.fusion, data.top_k), explain=data.explain)
+
+
+def _fusion(given: RRF | Weighted | None, top_k: int) -> Fusion:
+    candidates = given.candidates if given is not None and given.candidates is not None else max(
+        Fusion.candidates, top_k)
+    if isinstance(given, Weighted):
+        return Fusion("weighted", candidates, alpha=given.alpha)
+    if isinstance(given, RRF):
+        return Fusion("rrf", candidates, given.k, given.weights.dense, given.weights.keyword)
+    return Fusion(candidates=candidates)
 
 
 class CollectionsController(Controller):
@@ -145,7 +163,7 @@ class CollectionsController(Controller):
         answer = await services(request).search.search(caller(request).tenant, name, query)
         include, single = set(query.include), query.field in ("query", "vector")
         if wire.shaped_inline(answer, include):
-            body = wire.found(answer, include, single, data.encoding_format)
+            body = wire.found(answer, include, single, data.encoding_format, data.explain)
         else:  # big answers are shaped and encoded off the event loop
-            body = await asyncio.to_thread(wire.found, answer, include, single, data.encoding_format)
+            body = await asyncio.to_thread(wire.found, answer, include, single, data.encoding_format, data.explain)
         return Response(body, media_type=MediaType.JSON)  # type: ignore[return-value]

@@ -164,6 +164,26 @@ class DeleteResponse(msgspec.Struct, kw_only=True):
     deleted: int
 
 
+class FusionWeights(Request):
+    dense: float = 1.0
+    keyword: float = 1.0
+
+
+class RRF(Request, tag_field="method", tag="rrf"):
+    """Reciprocal rank fusion: a hit scores the sum over the branches that found it of weight / (k + rank)."""
+
+    k: int = 60
+    weights: FusionWeights = msgspec.field(default_factory=FusionWeights)
+    candidates: int | None = None  # hits each branch contributes, top_k to 1000; default: 100, or top_k if more
+
+
+class Weighted(Request, tag_field="method", tag="weighted"):
+    """Weighted fusion of min-max normalised scores: alpha x dense + (1 - alpha) x keyword."""
+
+    alpha: float = 0.5
+    candidates: int | None = None  # as RRF's
+
+
 class SearchRequest(Request):
     # Exactly one of: query (text), vector, queries (texts), vectors.
     query: str | None = None
@@ -177,15 +197,35 @@ class SearchRequest(Request):
     min_score: float | None = None
     # How vectors come back with include=vector: JSON numbers, or base64 little-endian float32.
     encoding_format: EncodingFormat = "float"
+    # dense: nearest vectors; keyword: BM25 over the documents' text; hybrid: both, fused (`fusion`).
+    mode: Literal["dense", "keyword", "hybrid"] = "dense"
+    # The keyword query of keyword and hybrid modes; defaults to `query` (or each of `queries`); needed with `vector`.
+    keyword: str | None = None
+    # Hybrid mode's fusion; default {"method": "rrf", "k": 60, "weights": {"dense": 1, "keyword": 1}}.
+    fusion: RRF | Weighted | None = None
+    # Add each hit's rank and score in each branch that found it.
+    explain: bool = False
+
+
+class Branch(msgspec.Struct, kw_only=True):
+    rank: int  # from 1
+    score: float  # the branch's own: dense as `score` in dense mode, keyword BM25
+
+
+class Explain(msgspec.Struct, kw_only=True):
+    dense: Branch | None  # null: the branch did not find it (or did not run)
+    keyword: Branch | None
 
 
 class Hit(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
-    # cosine: cosine similarity; dot: inner product (both higher is better); l2: Euclidean distance (lower is better).
+    # dense mode: cosine similarity (cosine), inner product (dot), both higher is better, or Euclidean distance
+    # (l2, lower is better); keyword mode: BM25; hybrid mode: the fused score (higher is better).
     score: float
     text: str | None = None
     metadata: dict[str, Any] | None = None  # filled with the stored JSON as msgspec.Raw, like Document's
     vector: Vector | None = None  # as the request's encoding_format says
+    explain: Explain | None = None  # with `explain: true`
 
 
 class SearchResponse(msgspec.Struct, kw_only=True):

@@ -14,6 +14,7 @@ import numpy as np
 from service.api import schemas
 from service.api.limits import check_json_depth
 from service.domain.collections import CollectionInfo
+from service.domain.fusion import Ranked
 from service.domain.search import Found
 from service.errors import InvalidRequest
 from service.store.documents import StoredDocument
@@ -57,17 +58,23 @@ def document(doc: StoredDocument, with_vector: bool, encoding: str = "float") ->
                             vector=vector_out(doc.vector, encoding) if with_vector else None)
 
 
-def found(answer: Found, include: set[str], single: bool, encoding: str = "float") -> bytes:
+def found(answer: Found, include: set[str], single: bool, encoding: str = "float", explain: bool = False) -> bytes:
     """The JSON of a SearchResponse (one query) or a BatchSearchResponse (several)."""
     text, metadata, vector = "text" in include, "metadata" in include, "vector" in include
     lists = [[schemas.Hit(id=hit.document.id, score=hit.score, text=hit.document.text if text else None,
                           metadata=msgspec.Raw(hit.document.metadata_json) if metadata else None,
-                          vector=vector_out(hit.document.vector, encoding) if vector else None)
+                          vector=vector_out(hit.document.vector, encoding) if vector else None,
+                          explain=schemas.Explain(dense=_branch(hit.dense), keyword=_branch(hit.keyword))
+                          if explain else None)
               for hit in hits] for hits in answer.hits]
     usage = schemas.Usage(prompt_tokens=answer.tokens, total_tokens=answer.tokens)
     if single:
         return msgspec.json.encode(schemas.SearchResponse(data=lists[0], usage=usage))
     return msgspec.json.encode(schemas.BatchSearchResponse(data=lists, usage=usage))
+
+
+def _branch(ranked: Ranked | None) -> schemas.Branch | None:
+    return schemas.Branch(rank=ranked.rank, score=ranked.score) if ranked is not None else None
 
 
 def shaped_inline(answer: Found, include: set[str]) -> bool:

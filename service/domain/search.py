@@ -12,6 +12,7 @@ a hit was.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import numpy as np
 from service.domain import validation
 from service.domain.collections import Collections
 from service.domain.documents import Documents
+from service.domain.fusion import Fused, Fusion, Ranked, branch, fuse
 from service.domain.merging import Merger
 from service.engine.allowed import filter_key
 from service.errors import InvalidRequest
@@ -37,7 +39,8 @@ RETRIES = 3  # asks the index again when a hit's document was replaced meanwhile
 @dataclass(frozen=True)
 class Query:
     """One search: exactly one of ``texts`` and ``vectors``; ``field`` names it in errors (query, vector,
-    queries or vectors)."""
+    queries or vectors). ``mode``: dense (vectors), keyword (BM25 over the texts: ``keyword``, else the
+    text queries) or hybrid (both, fused as ``fusion`` says)."""
 
     field: str
     texts: list[str] | None = None
@@ -46,12 +49,19 @@ class Query:
     filter: object = None  # as sent: validated here
     include: frozenset[str] = frozenset({"text", "metadata"})
     min_score: float | None = None
+    mode: str = "dense"
+    keyword: str | None = None
+    fusion: Fusion = Fusion()
+    explain: bool = False
 
 
 @dataclass
 class Hit:
     score: float
     document: StoredDocument
+    # with explain: the hit's (rank, score) in each branch it came from
+    dense: Ranked | None = None
+    keyword: Ranked | None = None
 
 
 @dataclass
@@ -92,20 +102,58 @@ class Search:
             raise InvalidRequest("min_score must be a finite number.", param="min_score")
         names = [query.field] if len(items) == 1 and query.field in ("query", "vector") else [
             f"{query.field}[{i}]" for i in range(len(items))]
-        tokens = 0
         if query.texts is not None:
-            if row.model is None:
-                raise InvalidRequest(f"Collection `{name}` has no model: search it with vector or vectors.",
-                                     param=query.field)
             for text, where in zip(query.texts, names):
                 if not text:
                     raise InvalidRequest(f"{where} must not be empty.", param=query.field)
-            vectors, tokens = await self.documents.embed(row, query.texts, "query", query.field, names)
-        else:
-            vectors = np.stack([validation.vector(v, row, where, query.field) for v, where in zip(items, names)])
+        keywords = _keywords(query) if query.mode != "dense" else None
+        if query.mode == "hybrid":
+            validation.check_fusion(query.fusion, query.top_k, len(items))
+        tokens = 0
+        vectors = None
+        if query.mode != "keyword":
+            if query.texts is not None:
+                if row.model is None:
+                    raise InvalidRequest(f"Collection `{name}` has no model: search it with vector or vectors"
+                                         + (", or with mode keyword." if query.mode == "dense" else
+                                            " and keyword."), param=query.field)
+                vectors, tokens = await self.documents.embed(row, query.texts, "query", query.field, names)
+            else:
+                vectors = np.stack([validation.vector(v, row, where, query.field) for v, where in zip(items, names)])
         parsed = parse_filter(query.filter) if query.filter is not None else None
-        hits = await self._merged.submit(row.id, _Planned(row, vectors, query, parsed))
+        if keywords is None:
+            hits = await self._merged.submit(row.id, _Planned(row, vectors, query, parsed))
+        else:
+            hits = await asyncio.to_thread(self._run_keywords, row, vectors, keywords, query, parsed)
         return Found(hits, tokens)
+
+    def _run_keywords(self, row: CollectionRow, vectors: np.ndarray | None, keywords: list[str], query: Query,
+                      parsed: Filter | None) -> list[list[Hit]]:
+        """A keyword or hybrid search (in a worker thread): the branches' index calls, fused, then one SQL
+        fetch, again until every hit's document is still there (as ``_run``)."""
+        hybrid = query.mode == "hybrid"
+        k = query.fusion.candidates if hybrid else query.top_k
+        lower_is_better = row.metric == "l2"
+        for _ in range(RETRIES):
+            keyword_rows = zip(*self.engine.keyword_search(row.id, keywords, k, parsed, query.filter))
+            if hybrid:
+                dense_rows = zip(*self.engine.search(row.id, vectors, k, parsed, query.filter))
+                ranked = [fuse(branch(*d), branch(*w), query.fusion, lower_is_better, query.top_k)
+                          for d, w in zip(dense_rows, keyword_rows)]
+            else:
+                ranked = [[Fused(seq, r.score, keyword=r) for seq, r in branch(*w).items()] for w in keyword_rows]
+            wanted = sorted({hit.seq for hits in ranked for hit in hits})
+            documents = self.store.by_seqs(row.id, wanted)
+            if len(documents) == len(wanted):
+                break
+        if not wanted and not self.store.has_text(row.id) and self.store.count(row.id):
+            raise InvalidRequest(f"Collection `{row.name}` holds no text to search by keyword: its documents "
+                                 "are vectors alone.", param="mode", code="no_text")
+        validation.check_response_size(documents.values(), "top_k", text="text" in query.include,
+                                       metadata="metadata" in query.include)
+        return [[Hit(hit.score, documents[hit.seq], hit.dense, hit.keyword) for hit in hits
+                 if hit.seq in documents and (query.min_score is None or hit.score >= query.min_score)]
+                for hits in ranked]
 
     def _run(self, _: Hashable, planned: list[_Planned]) -> list[list[list[Hit]] | Exception]:
         """Merged searches of one collection (in a worker thread): index calls by group, one SQL fetch,
@@ -146,6 +194,22 @@ class Search:
         return answers
 
 
+def _keywords(query: Query) -> list[str]:
+    """A keyword or hybrid search's keyword queries: ``keyword`` (with query or vector), else the text queries."""
+    if query.keyword is not None:
+        if query.field not in ("query", "vector"):
+            raise InvalidRequest(f"keyword goes with query or vector; with {query.field}, search one at a time"
+                                 + (" (queries are their own keywords)." if query.field == "queries" else "."),
+                                 param="keyword")
+        if not query.keyword.strip():
+            raise InvalidRequest("keyword must not be empty.", param="keyword")
+        return [query.keyword]
+    if query.texts is None:
+        raise InvalidRequest(f"mode {query.mode} with {query.field} needs keyword: the text to search for.",
+                             param="keyword")
+    return query.texts
+
+
 def _answer(plan: _Planned, scores: np.ndarray, seqs: np.ndarray,
             documents: dict[int, StoredDocument]) -> list[list[Hit]] | Exception:
     """One search's hits, each query's best first; or the error that its answer is too large."""
@@ -156,15 +220,16 @@ def _answer(plan: _Planned, scores: np.ndarray, seqs: np.ndarray,
     except InvalidRequest as exc:
         return exc
     lower_is_better = plan.row.metric == "l2"
-    return [_ranked(score_row, seq_row, mine, lower_is_better, plan.query.min_score)
+    return [_ranked(score_row, seq_row, mine, lower_is_better, plan.query.min_score, plan.query.explain)
             for score_row, seq_row in zip(scores, seqs)]
 
 
 def _ranked(scores: np.ndarray, seqs: np.ndarray, found: dict[int, StoredDocument], lower_is_better: bool,
-            min_score: float | None) -> list[Hit]:
+            min_score: float | None, explain: bool) -> list[Hit]:
     """One query's hits: above ``min_score`` (below it for l2), best first, ties by age (seq)."""
     pairs = [(score, seq) for score, seq in zip(scores.tolist(), seqs.tolist()) if seq in found]
     if min_score is not None:
         pairs = [(s, q) for s, q in pairs if (s <= min_score if lower_is_better else s >= min_score)]
     pairs.sort(key=lambda p: (p[0] if lower_is_better else -p[0], p[1]))
-    return [Hit(score, found[seq]) for score, seq in pairs]
+    return [Hit(score, found[seq], Ranked(rank, score) if explain else None)
+            for rank, (score, seq) in enumerate(pairs, start=1)]

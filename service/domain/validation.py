@@ -93,6 +93,23 @@ def check_count(items: Sequence[Any], param: str) -> None:
         raise InvalidRequest(f"At most {MAX_QUERIES} {param} per search.", param=param)
 
 
+def check_fusion(fusion: Any, top_k: int, queries: int) -> None:
+    """A hybrid search's fusion parameters (service/domain/fusion.py), in range."""
+    if not top_k <= fusion.candidates <= MAX_TOP_K:
+        raise InvalidRequest(f"fusion.candidates must be between top_k ({top_k}) and {MAX_TOP_K}.", param="fusion")
+    if queries * fusion.candidates > MAX_SEARCH_HITS:
+        raise InvalidRequest(f"{queries} queries x fusion.candidates {fusion.candidates} asks for more than "
+                             f"{MAX_SEARCH_HITS} hits from each branch: lower candidates or split the queries.",
+                             param="fusion")
+    if fusion.k < 1:
+        raise InvalidRequest("fusion.k must be at least 1.", param="fusion")
+    weights = (fusion.dense_weight, fusion.keyword_weight)
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+        raise InvalidRequest("fusion.weights must be finite, not negative, and not both 0.", param="fusion")
+    if not (math.isfinite(fusion.alpha) and 0 <= fusion.alpha <= 1):
+        raise InvalidRequest("fusion.alpha must be between 0 and 1.", param="fusion")
+
+
 def check_search_size(queries: int, top_k: int, with_vectors: bool, row: CollectionRow) -> None:
     """Bound the work and the answer of one search before doing any of it."""
     if not 1 <= top_k <= MAX_TOP_K:

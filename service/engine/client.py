@@ -232,11 +232,17 @@ class EngineClient:
                                       tuple[p.Array, p.Array])
         return scores.numpy(), seqs.numpy()
 
+    def keyword_search(self, collection_id: int, queries: list[str], k: int, filter: Filter | None = None,
+                       filter_json: object = None) -> tuple[np.ndarray, np.ndarray]:
+        scores, seqs = self._on_index(collection_id, p.KeywordSearch(collection_id, queries, k, filter_json),
+                                      tuple[p.Array, p.Array])
+        return scores.numpy(), seqs.numpy()
+
     def apply(self, collection_id: int, write: Any) -> None:
         self._on_index(collection_id, p.Apply(
             collection_id, write.position, p.Array.of(write.removed),
             None if write.seqs is None else p.Array.of(write.seqs),
-            None if write.vectors is None else p.Array.of(write.vectors)))
+            None if write.vectors is None else p.Array.of(write.vectors), write.texts))
 
     # -- for /ready and /metrics -----------------------------------------------------------------------
     async def status(self) -> p.EngineStatus:

@@ -2,7 +2,7 @@
 
 Everything above it (the domain, service/domain/) reaches the models and the FAISS indexes through
 this interface alone, and hands it plain data: token ids in and float32 vectors out; a collection's
-row, query vectors and a parsed filter in and (scores, seqs) out; committed writes, each with its
+row, query vectors (or keyword queries) and a parsed filter in and (scores, seqs) out; committed writes, each with its
 write-log position. Nothing crosses it that could not cross a process boundary, and it does: with
 ``EMBEDSEARCH_WORKERS`` >= 1 this Engine runs in a process of its own (service/engine/server.py)
 and each HTTP worker holds an :class:`~service.engine.client.EngineClient` with the same methods,
@@ -11,7 +11,7 @@ the loaded models and their batchers (models.py), the live indexes with their lo
 caches (indexes.py), and their snapshots (snapshots.py); it reads SQL (service/store/) only to
 rebuild or bring those up to date.
 
-The coroutines are for the event loop; ``search``, ``apply`` and ``indexed`` are synchronous and
+The coroutines are for the event loop; ``search``, ``keyword_search``, ``apply`` and ``indexed`` are synchronous and
 thread-safe, for worker threads; ``model``, ``served_models``, ``model_status`` and ``check_index``
 answer at once. Every request into the engine has a deadline (``EMBEDSEARCH_ENGINE_DEADLINE_SECONDS``):
 past it, a 503.
@@ -101,6 +101,10 @@ class Engine:
     def search(self, collection_id: int, queries: np.ndarray, k: int, filter: Filter | None = None,
                filter_json: object = None) -> tuple[np.ndarray, np.ndarray]:
         return self.indexes.search(collection_id, queries, k, filter, filter_json)
+
+    def keyword_search(self, collection_id: int, queries: list[str], k: int, filter: Filter | None = None,
+                       filter_json: object = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.indexes.keyword_search(collection_id, queries, k, filter, filter_json)
 
     def apply(self, collection_id: int, write: Write) -> None:
         self.indexes.apply(collection_id, write)

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from index import AllowedSet, Tuning, VectorIndex
+from index import AllowedSet, KeywordIndex, Tuning, VectorIndex
 from service.engine.allowed import AllowedCache, filter_key
-from service.engine.recovery import rebuild, recover
+from service.engine.recovery import keywords_from_sql, rebuild, recover
 from service.engine.rwlock import RWLock
 from service.store.documents import CollectionRow, DocumentStore
 from service.errors import IndexGone
@@ -44,12 +44,13 @@ def tuning_from(settings: Settings) -> Tuning:
 
 @dataclass
 class Write:
-    """One committed write: the position it took, the seqs it removed, the seqs and vectors it added."""
+    """One committed write: the position it took, the seqs it removed, the seqs, vectors and texts it added."""
 
     position: int
     removed: np.ndarray
     seqs: np.ndarray | None = None
     vectors: np.ndarray | None = None
+    texts: list[str | None] | None = None
 
     @property
     def first(self) -> int:
@@ -61,6 +62,7 @@ class Write:
 class LiveIndex:
     row: CollectionRow
     index: VectorIndex
+    keywords: KeywordIndex  # BM25 over the documents' texts, at the same position
     position: int  # last write-log position the index reflects
     saved_position: int  # position of the snapshot on disk (-1: none)
     allowed: AllowedCache
@@ -90,12 +92,14 @@ class Indexes:
                 return
         try:
             got = recover(row, self.store, self.path(row.id), self.tuning)
+            keywords = keywords_from_sql(row, self.store)
         except Exception as exc:
             log.exception("collection %s/%s (id %d) could not be opened; it answers 503 until it is deleted",
                           row.tenant, row.name, row.id)
             self._fail(row, f"{type(exc).__name__}: {exc}")
             return
-        self._add(LiveIndex(row, got.index, got.position, got.saved_position, self._cache(row, got.position)))
+        self._add(LiveIndex(row, got.index, keywords, got.position, got.saved_position,
+                            self._cache(row, got.position)))
 
     def check(self, dimension: int, metric: str, factory: str) -> None:
         """Raise ValueError if that index cannot be built (before a collection is made with it)."""
@@ -104,7 +108,7 @@ class Indexes:
     def create(self, row: CollectionRow) -> None:
         self.path(row.id).unlink(missing_ok=True)  # left by a crash mid-delete of an earlier collection
         index = VectorIndex(row.dimension, row.metric, row.index_factory, tuning=self.tuning)
-        self._add(LiveIndex(row, index, row.last_position, -1, self._cache(row, row.last_position)))
+        self._add(LiveIndex(row, index, KeywordIndex(), row.last_position, -1, self._cache(row, row.last_position)))
 
     def drop(self, collection_id: int) -> None:
         with self._registering:
@@ -155,6 +159,14 @@ class Indexes:
             allowed = self._allowed(live, filter, filter_json) if filter is not None else None
             return live.index.search(queries, k, allowed)
 
+    def keyword_search(self, collection_id: int, queries: list[str], k: int, filter: Filter | None = None,
+                       filter_json: object = None) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` (BM25 scores, seqs) of each keyword query, among the documents ``filter`` matches."""
+        live = self._get(collection_id)
+        with live.lock.read(self.deadline):
+            allowed = self._allowed(live, filter, filter_json).ids if filter is not None else None
+            return live.keywords.search(queries, k, allowed)
+
     def _allowed(self, live: LiveIndex, filter: Filter, filter_json: object) -> AllowedSet:
         def matching(after: int | None) -> np.ndarray:
             return self.store.seqs_matching(live.row.id, filter, after)
@@ -172,13 +184,16 @@ class Indexes:
                 write = self._committed_since(live)
             try:
                 live.index.remove(write.removed)
+                live.keywords.remove(write.removed)
                 if write.seqs is not None:
                     live.index.upsert(write.seqs, write.vectors)
+                    live.keywords.upsert(write.seqs, write.texts or [None] * len(write.seqs))
             except Exception:
                 log.exception("applying a committed write to the index of %s/%s failed", live.row.tenant,
                               live.row.name)
                 try:
                     live.index = rebuild(live.row, self.store, self.tuning)
+                    live.keywords = keywords_from_sql(live.row, self.store)
                 except Exception:
                     log.exception("rebuilding the index of %s/%s failed too; it answers 503 until it is deleted",
                                   live.row.tenant, live.row.name)
@@ -193,6 +208,7 @@ class Indexes:
         if last is None:
             raise IndexGone(live.row.id)  # deleted meanwhile
         removed, seqs, vectors = self.store.changes_since(live.row.id, live.position, live.row.dimension, until=last)
+        docs = self.store.by_seqs(live.row.id, seqs.tolist())
         log.info("collection %s/%s: caught up from SQL to position %d (%d additions, %d removals)",
                  live.row.tenant, live.row.name, last, len(seqs), len(removed))
-        return Write(last, removed, seqs, vectors)
+        return Write(last, removed, seqs, vectors, [docs[s].text if s in docs else None for s in seqs.tolist()])

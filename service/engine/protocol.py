@@ -61,12 +61,20 @@ class Search(msgspec.Struct, tag=True, array_like=True):
     filter: Any  # the filter as the client sent it (validated by the worker; parsed again here)
 
 
+class KeywordSearch(msgspec.Struct, tag=True, array_like=True):
+    collection: int
+    queries: list[str]
+    k: int
+    filter: Any
+
+
 class Apply(msgspec.Struct, tag=True, array_like=True):
     collection: int
     position: int
     removed: Array
     seqs: Array | None
     vectors: Array | None
+    texts: list[str | None] | None
 
 
 class Open(msgspec.Struct, tag=True, array_like=True):
@@ -97,7 +105,7 @@ class Cancel(msgspec.Struct, tag=True, array_like=True):
     call: int  # the id of the call to drop
 
 
-Request = Hello | Embed | Search | Apply | Open | Create | Drop | State | Indexed | Status | Cancel
+Request = Hello | Embed | Search | KeywordSearch | Apply | Open | Create | Drop | State | Indexed | Status | Cancel
 
 
 class Call(msgspec.Struct, array_like=True):

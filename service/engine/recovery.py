@@ -1,4 +1,5 @@
-"""Bringing a collection's index back on start: its snapshot and the writes after it, or SQL alone.
+"""Bringing a collection's indexes back on start: the vector index from its snapshot and the writes
+after it, or SQL alone; the keyword index from SQL.
 
 SQL is the source of truth, vectors included. A snapshot is tagged with the write-log position it
 reflects (see service/store/documents.py): loading it, removing the seqs logged as removed after that
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index import Tuning, VectorIndex, build_from_chunks
+from index import KeywordIndex, Tuning, VectorIndex, build_from_chunks
 from service.store.documents import CollectionRow, DocumentStore
 
 log = logging.getLogger("service.engine")
@@ -54,3 +55,12 @@ def rebuild(row: CollectionRow, store: DocumentStore, tuning: Tuning) -> VectorI
     chunks = store.iter_vectors(row.id, row.dimension)
     return build_from_chunks(row.dimension, row.metric, row.index_factory, chunks, total=store.count(row.id),
                              tuning=tuning)
+
+
+def keywords_from_sql(row: CollectionRow, store: DocumentStore) -> KeywordIndex:
+    """The keyword index of ``row``'s texts as SQL has them now. It is not snapshotted: built on each
+    open (about 2 s per 100k short texts here), it can never disagree with SQL."""
+    keywords = KeywordIndex()
+    for seqs, texts in store.iter_texts(row.id):
+        keywords.upsert(seqs, texts)
+    return keywords

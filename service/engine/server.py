@@ -112,9 +112,13 @@ class EngineServer:
                 parsed = parse_filter(filter) if filter is not None else None
                 scores, seqs = await asyncio.to_thread(engine.search, collection, queries.numpy(), k, parsed, filter)
                 return [p.Array.of(scores), p.Array.of(seqs)]
-            case p.Apply(collection, position, removed, seqs, vectors):
+            case p.KeywordSearch(collection, queries, k, filter):
+                parsed = parse_filter(filter) if filter is not None else None
+                scores, seqs = await asyncio.to_thread(engine.keyword_search, collection, queries, k, parsed, filter)
+                return [p.Array.of(scores), p.Array.of(seqs)]
+            case p.Apply(collection, position, removed, seqs, vectors, texts):
                 write = Write(position, removed.numpy(), None if seqs is None else seqs.numpy(),
-                              None if vectors is None else vectors.numpy())
+                              None if vectors is None else vectors.numpy(), texts)
                 return await asyncio.to_thread(engine.apply, collection, write)
             case p.Open(row):
                 return await engine.open_index(row)

@@ -134,6 +134,11 @@ class DocumentStore:
             conn.execute(delete(documents).where(documents.c.collection_id == collection_id))
             conn.execute(delete(collections).where(collections.c.id == collection_id))
 
+    def has_text(self, collection_id: int) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(documents.c.seq).where(
+                documents.c.collection_id == collection_id, documents.c.text.is_not(None)).limit(1)).first() is not None
+
     def count(self, collection_id: int) -> int:
         with self.engine.connect() as conn:
             return conn.execute(
@@ -285,6 +290,23 @@ class DocumentStore:
                 return
             after = rows[-1].seq
             yield np.array([r.seq for r in rows], dtype=np.int64), from_blobs([r.vector for r in rows], dimension)
+
+    def iter_texts(self, collection_id: int, chunk: int = 10_000) -> Iterator[tuple[list[int], list[str]]]:
+        """Every (seqs, texts) of a collection's documents that have text, in chunks, for its keyword index."""
+        after = -1
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(documents.c.seq, documents.c.text)
+                    .where(documents.c.collection_id == collection_id, documents.c.seq > after,
+                           documents.c.text.is_not(None))
+                    .order_by(documents.c.seq)
+                    .limit(chunk)
+                ).all()
+            if not rows:
+                return
+            after = rows[-1].seq
+            yield [r.seq for r in rows], [r.text for r in rows]
 
     def prune_removals(self, collection_id: int, position: int) -> None:
         """Forget removals an index snapshot at ``position`` already reflects."""
