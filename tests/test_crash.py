@@ -20,10 +20,16 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 DIM = 16
 
 
+def text(batch_no: int, n: int) -> str:
+    """A document's text: a keyword no other write has (a replacement brings a new one)."""
+    return f"written in t{batch_no}q{n}"
+
+
 def writer(url: str, name: str, acked: dict[str, list[float]], deleted: set[str], in_flight: dict,
-           stop: threading.Event) -> None:
+           stop: threading.Event, texts: dict[str, str]) -> None:
     """Upsert batches (some replacing earlier ids) and delete now and then, recording what was
-    acknowledged, and what was sent but not answered when the server died (it may or may not have landed)."""
+    acknowledged (vectors and texts), and what was sent but not answered when the server died (it may
+    or may not have landed)."""
     rng = np.random.default_rng(7)
     with httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:
         batch_no = 0
@@ -36,12 +42,14 @@ def writer(url: str, name: str, acked: dict[str, list[float]], deleted: set[str]
             in_flight.update({i: v.tolist() for i, v in zip(ids, vectors)})
             try:
                 response = client.post(f"/v1/collections/{name}/documents", json={"documents": [
-                    {"id": i, "vector": v.tolist(), "metadata": {"batch": batch_no}} for i, v in zip(ids, vectors)]})
+                    {"id": i, "vector": v.tolist(), "metadata": {"batch": batch_no}, "text": text(batch_no, n)}
+                    for n, (i, v) in enumerate(zip(ids, vectors))]})
             except httpx.HTTPError:
                 return  # the server died under us: this batch was never acknowledged
             if response.status_code == 200:
-                for i, v in zip(ids, vectors):
+                for n, (i, v) in enumerate(zip(ids, vectors)):
                     acked[i] = v.tolist()
+                    texts[i] = text(batch_no, n)
                     deleted.discard(i)
             if batch_no % 5 == 4:
                 victim = f"doc-{batch_no - 1}-5"
@@ -67,8 +75,9 @@ def test_sigkill_mid_stream_loses_no_acknowledged_write(tmp_path: Path, models_f
         acked: dict[str, list[float]] = {}
         deleted: set[str] = set()
         in_flight: dict[str, list[float] | None] = {}
+        texts: dict[str, str] = {}
         stop = threading.Event()
-        thread = threading.Thread(target=writer, args=(server.url, "c", acked, deleted, in_flight, stop))
+        thread = threading.Thread(target=writer, args=(server.url, "c", acked, deleted, in_flight, stop, texts))
         thread.start()
         time.sleep(2.5)  # several snapshots happen meanwhile
         processes = [server.proc.pid, *children(server.proc.pid)]
@@ -102,5 +111,14 @@ def test_sigkill_mid_stream_loses_no_acknowledged_write(tmp_path: Path, models_f
             sample = [(i, v) for i, v in acked.items() if i not in in_flight][:: max(1, len(acked) // 40)]
             found = client.post("/v1/collections/c/search", json={"vectors": [v for _, v in sample], "top_k": 1}).json()
             assert [hits[0]["id"] for hits in found["data"]] == [doc_id for doc_id, _ in sample]
+            # the keyword index, rebuilt from SQL, has every acknowledged text and none it replaced
+            keyword = client.post("/v1/collections/c/search", json={
+                "queries": [texts[i].split()[-1] for i, _ in sample], "mode": "keyword", "top_k": 2}).json()
+            assert [[h["id"] for h in hits] for hits in keyword["data"]] == [[doc_id] for doc_id, _ in sample]
+            gone = [doc_id for doc_id in deleted - set(in_flight) if doc_id in texts]
+            if gone:
+                keyword = client.post("/v1/collections/c/search", json={
+                    "queries": [texts[i].split()[-1] for i in gone], "mode": "keyword"}).json()
+                assert keyword["data"] == [[] for _ in gone]
     finally:
         assert server.stop() == 0
