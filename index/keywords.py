@@ -6,8 +6,8 @@ a query is the sum over the query's distinct terms ``t`` of
     idf(t) * tf / (tf + k1 * (1 - b + b * length / average length)),   idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5))
 
 with k1 = 1.2 and b = 0.75, N the documents that have text, df those holding ``t``, and every statistic
-this collection's own. Text is cut into terms by Unicode word characters, case-folded: ``"ERR-4032 on
-Node7"`` holds ``err``, ``4032``, ``on`` and ``node7``.
+this collection's own. Text is cut into terms by Unicode word characters, case-folded, less Lucene's 33
+English stop words: ``"ERR-4032 on the Node7"`` holds ``err``, ``4032`` and ``node7``.
 
 Documents are keyed by seq (their write-log position, as in the vector index): a replaced document
 is removed under its old seq and added under its new one. Postings are appended per term and read as
@@ -29,10 +29,15 @@ import numpy as np
 TERM = re.compile(r"\w+")
 K1 = 1.2
 B = 0.75
+# Lucene's English stop words (as bm25s's "en"): terms this common carry no signal, and in a hybrid
+# search they would rank every document in the keyword branch.
+STOP_WORDS = frozenset(
+    "a an and are as at be but by for if in into is it no not of on or such that the their then there these "
+    "they this to was will with".split())
 
 
 def terms(text: str) -> list[str]:
-    return TERM.findall(text.casefold())
+    return [term for term in TERM.findall(text.casefold()) if term not in STOP_WORDS]
 
 
 class _Postings:
