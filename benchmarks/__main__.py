@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks import DEFAULT_INDEXES
 
-SUITES = ["front", "workers", "embeddings", "upsert", "search", "stall", "peers"]
+SUITES = ["front", "workers", "embeddings", "upsert", "search", "hybrid", "stall", "peers"]
 DEFAULT_MODELS_DIR = Path.home() / ".cache" / "embedsearch-tests" / "models"
 
 
@@ -192,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         waited = target.wait_ready(args.startup_timeout)
         results["server"]["ready_after_s"] = waited
         tqdm.write(f"server ready ({waited:.1f} s after the baseline model was loaded)")
-        from benchmarks import embeddings, front, peers, search, stall, upsert, workers
+        from benchmarks import embeddings, front, hybrid, peers, search, stall, upsert, workers
 
         runners = {"front": front.run, "workers": workers.run, "embeddings": embeddings.run, "upsert": upsert.run,
-                   "search": search.run, "stall": stall.run, "peers": peers.run}
+                   "search": search.run, "hybrid": hybrid.run, "stall": stall.run, "peers": peers.run}
         for name in SUITES:
             if name not in args.suites:
                 continue

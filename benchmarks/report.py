@@ -223,7 +223,7 @@ def markdown(results: dict, plots: list[str]) -> str:
                          for name, t in targets])
 
     for name, render in (("front", _front_md), ("workers", _workers_md), ("embeddings", _embeddings_md),
-                         ("upsert", _upsert_md), ("search", _search_md), ("stall", _stall_md), ("peers", _peers_md)):
+                         ("upsert", _upsert_md), ("search", _search_md), ("hybrid", _hybrid_md), ("stall", _stall_md), ("peers", _peers_md)):
         suite = suites.get(name)
         if suite is None:
             continue
@@ -291,6 +291,21 @@ def _search_md(s: dict) -> list[str]:
           _n(c["service"]["p50_ms"]), _n(c["service"]["p99_ms"]), f"{c['service']['recall_at_10']:.3f}",
           _n(c["baseline"]["qps"]), _n(c["baseline"]["p50_ms"]), f"{c['baseline']['recall_at_10']:.3f}",
           _pct(c["ratio"]["qps"])] for c in s["cases"]])
+    return lines
+
+
+def _hybrid_md(s: dict) -> list[str]:
+    lines = [f"{s['size']:,} documents: {s['data']}; a {s['index']} {s['dimension']}-d {s['metric']} collection, top 10, "
+             f"one query per request. Baseline (keyword, unfiltered): {s['baseline']}. Keyword index built from "
+             f"the texts in {s['keyword_index_build_s']:.1f} s (bm25s: {s['bm25s_index_s']:.1f} s); upsert with "
+             f"texts {_n(s['upsert_docs_per_s'])} docs/s.", ""]
+    lines += _table(
+        ["mode", "filter", "conc.", "QPS", "p50 ms", "p99 ms", "bm25s QPS", "bm25s p50 ms", "QPS ratio",
+         "overlap@10 with bm25s"],
+        [[c["mode"], c["filter"], c["concurrency"], _n(c["service"]["qps"]), _n(c["service"]["p50_ms"]),
+          _n(c["service"]["p99_ms"])] + ([_n(c["baseline"]["qps"]), _n(c["baseline"]["p50_ms"]), _pct(c["ratio"]["qps"]),
+                                          f"{c['overlap_at_10_with_bm25s']:.3f}"] if "baseline" in c else ["", "", "", ""])
+         for c in s["cases"]])
     return lines
 
 

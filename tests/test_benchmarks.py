@@ -102,6 +102,12 @@ def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path: Path):
     assert {c["filter"] == "none" for c in search["cases"]} == {True, False}
     assert all(0 < c["service"]["recall_at_10"] <= 1 for c in search["cases"])
     assert search["curves"]
+    hybrid = results["suites"]["hybrid"]
+    assert hybrid["status"] == "ok", hybrid
+    assert {(c["mode"], c["filter"] == "none") for c in hybrid["cases"]} == {
+        (mode, unfiltered) for mode in ("dense", "keyword", "hybrid") for unfiltered in (True, False)}
+    assert all(c["overlap_at_10_with_bm25s"] > 0.9 and c["ratio"]["qps"] > 0 for c in hybrid["cases"]
+               if c["mode"] == "keyword" and c["filter"] == "none")
     stall = results["suites"]["stall"]
     assert stall["status"] == "ok" and stall["target"]["value"] > 0
     alone, trickled = stall["phases"].values()
