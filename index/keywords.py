@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 import re
+import sys
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -41,13 +43,14 @@ def terms(text: str) -> list[str]:
 
 
 class _Postings:
-    """The documents (slots) holding one term, with its frequency in each; appended as lists, read as arrays."""
+    """The documents (slots) holding one term, with its frequency in each: appended to compact arrays (8
+    bytes a posting), read as numpy arrays (copied once after each change)."""
 
     __slots__ = ("slots", "tfs", "_arrays")
 
     def __init__(self) -> None:
-        self.slots: list[int] = []
-        self.tfs: list[int] = []
+        self.slots = array("i")
+        self.tfs = array("f")
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
 
     def add(self, slot: int, tf: int) -> None:
@@ -57,7 +60,8 @@ class _Postings:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self._arrays is None:
-            self._arrays = (np.array(self.slots, dtype=np.int64), np.array(self.tfs, dtype=np.float32))
+            self._arrays = (np.frombuffer(self.slots, dtype=np.int32).copy(),
+                            np.frombuffer(self.tfs, dtype=np.float32).copy())
         return self._arrays
 
 
@@ -79,7 +83,7 @@ class KeywordIndex:
         """Add documents (a seq already here is replaced); one with no text, or no terms, is not kept."""
         self.remove([s for s in np.asarray(seqs).tolist() if s in self._slot_of])
         for seq, text in zip(np.asarray(seqs).tolist(), texts):
-            counts = Counter(terms(text)) if text else None
+            counts = Counter(map(sys.intern, terms(text))) if text else None  # one string per distinct term
             if not counts:
                 continue
             slot = len(self._seqs)

@@ -138,7 +138,10 @@ KNOWN_GOOD: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("POST", "/v1/collections/{name}/search"): [
         {"path_parameters": {"name": SEEDED}, "body": {"query": "a fox", "top_k": 2, "filter": {"tag": "a"}}},
         {"path_parameters": {"name": SEEDED}, "body": {"queries": ["a", "b"], "include": ["vector"]}},
-        {"path_parameters": {"name": SEEDED_VECTORS}, "body": {"vector": [1, 0, 0, 0], "min_score": -1e9}}],
+        {"path_parameters": {"name": SEEDED_VECTORS}, "body": {"vector": [1, 0, 0, 0], "min_score": -1e9}},
+        {"path_parameters": {"name": SEEDED}, "body": {"query": "a fox", "mode": "hybrid", "explain": True,
+                                                       "fusion": {"method": "weighted", "alpha": 0.3}}},
+        {"path_parameters": {"name": SEEDED}, "body": {"queries": ["fox", "hello"], "mode": "keyword"}}],
     ("POST", "/v1/keys"): [{"body": {"tenant": "fuzz-tenant"}}],
 }
 

@@ -185,3 +185,18 @@ async def test_vector_collections_with_text_and_the_errors(client):
                  code="no_text")
     await make(client, "empty", dimension=2)
     assert (await search(client, "empty", query="x", mode="keyword"))["data"] == []
+
+
+async def test_the_openapi_schema_documents_the_new_fields(client):
+    schema = (await client.get("/docs/openapi.json")).json()
+    schemas = schema["components"]["schemas"]
+    search = schemas["SearchRequest"]["properties"]
+    assert search["mode"]["enum"] == ["dense", "keyword", "hybrid"] or "dense" in str(search["mode"])
+    assert {"keyword", "fusion", "explain"} <= set(search)
+    fusion = str(search["fusion"])
+    assert "RRF" in fusion and "Weighted" in fusion
+    assert {"k", "weights", "candidates"} <= set(schemas["RRF"]["properties"])
+    assert {"alpha", "candidates"} <= set(schemas["Weighted"]["properties"])
+    assert "explain" in schemas["Hit"]["properties"] and {"dense", "keyword"} <= set(schemas["Explain"]["properties"])
+    for name in ("RRF", "Weighted", "FusionWeights"):
+        assert schemas[name].get("additionalProperties") is False, name

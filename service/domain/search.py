@@ -8,6 +8,11 @@ share one index call, and all their hits are read in one SQL query; each answer 
 have alone. A write that lands between the index call and the fetch may have replaced or removed a
 hit; then the index is asked again (it has the write by then), so an answer never holds a hole where
 a hit was.
+
+Keyword and hybrid searches (``mode``) add the collection's BM25 index (index/keywords.py, in the
+engine): keyword mode asks it alone; hybrid mode asks both indexes for their top ``candidates``
+(the dense call merged with concurrent hybrid searches' like dense searches are) and fuses the two
+rankings (fusion.py), then fetches only the fused hits.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -92,6 +97,7 @@ class Search:
         self.collections = collections
         self.documents = documents
         self._merged: Merger[_Planned] = Merger(self._run)
+        self._merged_index: Merger[_Planned] = Merger(lambda _, planned: self._index_calls(planned))  # no SQL
 
     async def search(self, tenant: str, name: str, query: Query) -> Found:
         row = await self.collections.get(tenant, name)
@@ -124,36 +130,47 @@ class Search:
         if keywords is None:
             hits = await self._merged.submit(row.id, _Planned(row, vectors, query, parsed))
         else:
-            hits = await asyncio.to_thread(self._run_keywords, row, vectors, keywords, query, parsed)
+            hits = await self._keyword_or_hybrid(row, vectors, keywords, query, parsed)
         return Found(hits, tokens)
 
-    def _run_keywords(self, row: CollectionRow, vectors: np.ndarray | None, keywords: list[str], query: Query,
-                      parsed: Filter | None) -> list[list[Hit]]:
-        """A keyword or hybrid search (in a worker thread): the branches' index calls, fused, then one SQL
-        fetch, again until every hit's document is still there (as ``_run``)."""
-        hybrid = query.mode == "hybrid"
-        k = query.fusion.candidates if hybrid else query.top_k
-        lower_is_better = row.metric == "l2"
+    async def _keyword_or_hybrid(self, row: CollectionRow, vectors: np.ndarray | None, keywords: list[str],
+                                 query: Query, parsed: Filter | None) -> list[list[Hit]]:
+        """A keyword or hybrid search: the dense branch's index call merged with concurrent searches of the
+        collection (as dense searches are), the keyword branch and the fusion in a worker thread, then one
+        SQL fetch of the fused hits; again until every hit's document is still there (as ``_run``)."""
+        dense_plan = None
+        if query.mode == "hybrid":
+            dense_query = replace(query, top_k=query.fusion.candidates, min_score=None, mode="dense")
+            dense_plan = _Planned(row, vectors, dense_query, parsed)
         for _ in range(RETRIES):
-            keyword_rows = zip(*self.engine.keyword_search(row.id, keywords, k, parsed, query.filter))
-            if hybrid:
-                dense_rows = zip(*self.engine.search(row.id, vectors, k, parsed, query.filter))
-                ranked = [fuse(branch(*d), branch(*w), query.fusion, lower_is_better, query.top_k)
-                          for d, w in zip(dense_rows, keyword_rows)]
-            else:
-                ranked = [[Fused(seq, r.score, keyword=r) for seq, r in branch(*w).items()] for w in keyword_rows]
-            wanted = sorted({hit.seq for hits in ranked for hit in hits})
-            documents = self.store.by_seqs(row.id, wanted)
-            if len(documents) == len(wanted):
+            dense = await self._merged_index.submit(row.id, dense_plan) if dense_plan is not None else None
+            hits, complete = await asyncio.to_thread(self._fused, row, dense, keywords, query, parsed)
+            if complete:
                 break
+        return hits
+
+    def _fused(self, row: CollectionRow, dense: tuple[np.ndarray, np.ndarray] | None, keywords: list[str],
+               query: Query, parsed: Filter | None) -> tuple[list[list[Hit]], bool]:
+        """The keyword branch, fused with the dense branch's answer if any, and its documents: (the hits of
+        each query, whether every document was still there)."""
+        k = query.fusion.candidates if dense is not None else query.top_k
+        keyword_rows = zip(*self.engine.keyword_search(row.id, keywords, k, parsed, query.filter))
+        if dense is not None:
+            ranked = [fuse(branch(*d), branch(*w), query.fusion, row.metric == "l2", query.top_k)
+                      for d, w in zip(zip(*dense), keyword_rows)]
+        else:
+            ranked = [[Fused(seq, r.score, keyword=r) for seq, r in branch(*w).items()] for w in keyword_rows]
+        wanted = sorted({hit.seq for hits in ranked for hit in hits})
+        documents = self.store.by_seqs(row.id, wanted)
         if not wanted and not self.store.has_text(row.id) and self.store.count(row.id):
             raise InvalidRequest(f"Collection `{row.name}` holds no text to search by keyword: its documents "
                                  "are vectors alone.", param="mode", code="no_text")
         validation.check_response_size(documents.values(), "top_k", text="text" in query.include,
                                        metadata="metadata" in query.include)
-        return [[Hit(hit.score, documents[hit.seq], hit.dense, hit.keyword) for hit in hits
+        hits = [[Hit(hit.score, documents[hit.seq], hit.dense, hit.keyword) for hit in hits
                  if hit.seq in documents and (query.min_score is None or hit.score >= query.min_score)]
                 for hits in ranked]
+        return hits, len(documents) == len(wanted)
 
     def _run(self, _: Hashable, planned: list[_Planned]) -> list[list[list[Hit]] | Exception]:
         """Merged searches of one collection (in a worker thread): index calls by group, one SQL fetch,
