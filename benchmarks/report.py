@@ -297,7 +297,8 @@ def _search_md(s: dict) -> list[str]:
 def _hybrid_md(s: dict) -> list[str]:
     lines = [f"{s['size']:,} documents: {s['data']}; a {s['index']} {s['dimension']}-d {s['metric']} collection, top 10, "
              f"one query per request. Baseline (keyword, unfiltered): {s['baseline']}. Keyword index built from "
-             f"the texts in {s['keyword_index_build_s']:.1f} s (bm25s: {s['bm25s_index_s']:.1f} s); upsert with "
+             f"the texts in {s['keyword_index_build_s']:.1f} s, holding {s['keyword_index_mib']:.0f} MiB (bm25s: "
+             f"{s['bm25s_index_s']:.1f} s); upsert with "
              f"texts {_n(s['upsert_docs_per_s'])} docs/s.", ""]
     lines += _table(
         ["mode", "filter", "conc.", "QPS", "p50 ms", "p99 ms", "bm25s QPS", "bm25s p50 ms", "QPS ratio",
