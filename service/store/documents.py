@@ -277,36 +277,30 @@ class DocumentStore:
 
     def iter_vectors(self, collection_id: int, dimension: int, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every (seqs, vectors) of a collection, in chunks, for a rebuild."""
-        after = -1
-        while True:
-            with self.engine.connect() as conn:
-                rows = conn.execute(
-                    select(documents.c.seq, documents.c.vector)
-                    .where(documents.c.collection_id == collection_id, documents.c.seq > after)
-                    .order_by(documents.c.seq)
-                    .limit(chunk)
-                ).all()
-            if not rows:
-                return
-            after = rows[-1].seq
+        for rows in self._in_seq_order(collection_id, documents.c.vector, chunk=chunk):
             yield np.array([r.seq for r in rows], dtype=np.int64), from_blobs([r.vector for r in rows], dimension)
 
     def iter_texts(self, collection_id: int, chunk: int = 10_000) -> Iterator[tuple[list[int], list[str]]]:
         """Every (seqs, texts) of a collection's documents that have text, in chunks, for its keyword index."""
+        for rows in self._in_seq_order(collection_id, documents.c.text, documents.c.text.is_not(None), chunk=chunk):
+            yield [r.seq for r in rows], [r.text for r in rows]
+
+    def _in_seq_order(self, collection_id: int, column: Any, *where: ColumnElement[bool],
+                      chunk: int) -> Iterator[list[Any]]:
+        """A collection's rows (seq and ``column``) matching ``where``, in seq order, ``chunk`` at a time."""
         after = -1
         while True:
             with self.engine.connect() as conn:
                 rows = conn.execute(
-                    select(documents.c.seq, documents.c.text)
-                    .where(documents.c.collection_id == collection_id, documents.c.seq > after,
-                           documents.c.text.is_not(None))
+                    select(documents.c.seq, column)
+                    .where(documents.c.collection_id == collection_id, documents.c.seq > after, *where)
                     .order_by(documents.c.seq)
                     .limit(chunk)
                 ).all()
             if not rows:
                 return
             after = rows[-1].seq
-            yield [r.seq for r in rows], [r.text for r in rows]
+            yield rows
 
     def prune_removals(self, collection_id: int, position: int) -> None:
         """Forget removals an index snapshot at ``position`` already reflects."""
