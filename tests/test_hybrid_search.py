@@ -3,11 +3,15 @@ filters, explain, updates and deletes seen by the next search, statistics per co
 
 from __future__ import annotations
 
+import contextlib
+
 import bm25s
+import msgspec
 import numpy as np
 import pytest
 
 from index.keywords import B, K1, terms
+from tests.conftest import app_client, fresh_database
 from tests.test_collections_api import make, rng_vectors, search, upsert
 from tests.test_embeddings_api import assert_error
 
@@ -200,3 +204,20 @@ async def test_the_openapi_schema_documents_the_new_fields(client):
     assert "explain" in schemas["Hit"]["properties"] and {"dense", "keyword"} <= set(schemas["Explain"]["properties"])
     for name in ("RRF", "Weighted", "FusionWeights"):
         assert schemas[name].get("additionalProperties") is False, name
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_the_keyword_index_comes_back_from_sql_on_restart(request, settings, database):
+    """Not snapshotted: a restarted server (or one after kill -9, tests/test_crash.py) builds it from SQL."""
+    with contextlib.ExitStack() as stack:
+        if database == "postgresql":
+            url = stack.enter_context(fresh_database(request.getfixturevalue("postgres_url")))
+            settings = msgspec.structs.replace(settings, database_url=url)
+        async with app_client(settings) as first:
+            await texts_collection(first)
+            await upsert(first, "kw", [{"id": "b", "text": "replaced by zq1077"}])
+            assert (await first.delete("/v1/collections/kw/documents/d")).status_code == 200
+            before = await search(first, "kw", query="zq1077 xk4821 server", mode="keyword")
+        async with app_client(settings) as second:
+            after = await search(second, "kw", query="zq1077 xk4821 server", mode="keyword")
+            assert after == before and {h["id"] for h in after["data"]} == {"a", "b", "c", "e"}
