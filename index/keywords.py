@@ -13,8 +13,9 @@ Documents are keyed by seq (their write-log position, as in the vector index): a
 is removed under its old seq and added under its new one. Postings are appended per term and read as
 numpy arrays; removed documents are masked until they are a third of all, then the postings are
 rebuilt without them. Scoring is exact: every document holding a query term is scored, so the top k
-among an allowed set (a filter's documents) is the true one. Not thread-safe: callers hold the
-collection's lock (shared for searches, exclusive for writes).
+among an allowed set (a filter's documents) is the true one. Callers hold the collection's lock:
+shared for searches (which may race to fill a read cache: each builds a whole one, one is kept),
+exclusive for writes.
 """
 
 from __future__ import annotations
