@@ -38,6 +38,7 @@ from embedsearch.types import (
     Filter,
     Hit,
     Include,
+    Mode,
     Model,
     Page,
     VectorLike,
@@ -196,7 +197,8 @@ def document(body: dict[str, Any]) -> Document:
 
 def hits(found: list[dict[str, Any]]) -> list[Hit]:
     return [Hit(id=h["id"], score=h["score"], text=h.get("text"), metadata=h.get("metadata"),
-                vector=vector_in(h["vector"]) if h.get("vector") is not None else None) for h in found]
+                vector=vector_in(h["vector"]) if h.get("vector") is not None else None, explain=h.get("explain"))
+            for h in found]
 
 
 def api_key(body: dict[str, Any]) -> ApiKey:
@@ -396,12 +398,24 @@ def delete_documents(name: str, ids: list[str] | None, filter: Filter | None) ->
     return Call("POST", f"/v1/collections/{name}/documents/delete", lambda answer: answer["deleted"], json=body)
 
 
+def modes(mode: Mode, keyword: str | None, fusion: Mapping[str, Any] | None, explain: bool) -> dict[str, Any]:
+    """The search fields of keyword and hybrid search, those that differ from the server's defaults."""
+    options: dict[str, Any] = {} if mode == "dense" else {"mode": mode}
+    if keyword is not None:
+        options["keyword"] = keyword
+    if fusion is not None:
+        options["fusion"] = dict(fusion)
+    if explain:
+        options["explain"] = True
+    return options
+
+
 def search(name: str, field: str, value: Any, top_k: int, filter: Filter | None, include: Iterable[Include],
-           min_score: float | None) -> Call[list[list[Hit]]]:
-    """One search, by ``field``: query, vector (already encoded), queries or vectors. The answer is a list
-    of hit lists, one per query, whichever field."""
+           min_score: float | None, options: dict[str, Any]) -> Call[list[list[Hit]]]:
+    """One search, by ``field``: query, vector (already encoded), queries or vectors, with ``options`` (see
+    ``modes``). The answer is a list of hit lists, one per query, whichever field."""
     include = list(include)
-    body: dict[str, Any] = {field: value, "top_k": top_k, "include": include}
+    body: dict[str, Any] = {field: value, "top_k": top_k, "include": include, **options}
     if filter is not None:
         body["filter"] = filter
     if min_score is not None:
@@ -419,7 +433,10 @@ def query_batches(texts: Sequence[str] | None, vectors: np.ndarray | Sequence[Ve
     MAX_SEARCH_HITS hits each."""
     if (texts is None) == (vectors is None):
         raise ValueError("give queries (texts) or vectors, not both")
-    field, values = ("queries", list(texts)) if texts is not None else ("vectors", vectors_out(vectors))  # type: ignore[arg-type]
+    if texts is not None:
+        field, values = "queries", list(texts)
+    else:
+        field, values = "vectors", vectors_out(vectors)  # type: ignore[arg-type]
     if not values:
         raise ValueError(f"{field} is empty")
     step = max(1, min(MAX_QUERIES, MAX_SEARCH_HITS // max(top_k, 1)))

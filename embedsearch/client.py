@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ from embedsearch.types import (
     Hit,
     Include,
     Metric,
+    Mode,
     Model,
     Page,
     VectorLike,
@@ -213,17 +214,28 @@ class Collection:
 
     def search(self, query: str | None = None, *, vector: VectorLike | None = None, top_k: int = 10,
                filter: Filter | None = None, include: Iterable[Include] = ("text", "metadata"),
-               min_score: float | None = None) -> list[Hit]:
+               min_score: float | None = None, mode: Mode = "dense", keyword: str | None = None,
+               fusion: Mapping[str, Any] | None = None, explain: bool = False) -> list[Hit]:
         """The ``top_k`` documents nearest a text ``query`` or a ``vector``, best first, among those matching
-        ``filter``. ``min_score`` keeps hits scoring at least it (cosine, dot) or at most it away (l2)."""
+        ``filter``. ``min_score`` keeps hits scoring at least it (cosine, dot) or at most it away (l2).
+        ``mode="keyword"`` searches the texts by BM25 (``keyword``, else ``query``); ``mode="hybrid"`` both,
+        fused as ``fusion`` says (``{"method": "rrf", "k": 60}``, ``{"method": "weighted", "alpha": 0.5}``);
+        ``explain=True`` gives each hit's rank and score in each branch (``Hit.explain``)."""
         field, value = _api.one_query(query, vector)
-        return self.client._call(_api.search(self.name, field, value, top_k, filter, include, min_score))[0]
+        options = _api.modes(mode, keyword, fusion, explain)
+        call = _api.search(self.name, field, value, top_k, filter, include, min_score, options)
+        return self.client._call(call)[0]
 
     def search_batch(self, queries: Sequence[str] | None = None, *,
                      vectors: np.ndarray | Sequence[VectorLike] | None = None, top_k: int = 10,
                      filter: Filter | None = None, include: Iterable[Include] = ("text", "metadata"),
-                     min_score: float | None = None) -> list[list[Hit]]:
-        """One list of hits per query (texts) or vector, in order; any number, in as many searches as needed."""
+                     min_score: float | None = None, mode: Mode = "dense",
+                     fusion: Mapping[str, Any] | None = None, explain: bool = False) -> list[list[Hit]]:
+        """One list of hits per query (texts) or vector, in order; any number, in as many searches as needed.
+        ``mode``, ``fusion`` and ``explain`` as in ``search`` (in keyword and hybrid modes each text is its
+        own keyword query)."""
         field, batches = _api.query_batches(queries, vectors, top_k)
+        options = _api.modes(mode, None, fusion, explain)
         return [hits for batch in batches
-                for hits in self.client._call(_api.search(self.name, field, batch, top_k, filter, include, min_score))]
+                for hits in self.client._call(_api.search(self.name, field, batch, top_k, filter, include,
+                                                              min_score, options))]

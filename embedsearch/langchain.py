@@ -8,6 +8,8 @@
 A text collection (one made with a ``model``) needs no LangChain ``Embeddings``: the server embeds texts
 and queries. Pass ``embedding=`` to embed on the client side instead, into a vector-only collection.
 Filters are the server's (Mongo style: ``{"topic": "food"}``, ``{"year": {"$gte": 2020}}``, ``$and``, ...).
+Keyword and hybrid search: ``similarity_search(query, mode="hybrid")`` (or ``"keyword"``; ``fusion=``,
+``explain=`` as ``Collection.search`` takes them), also through ``as_retriever(search_kwargs=...)``.
 """
 
 from __future__ import annotations
@@ -120,14 +122,15 @@ class EmbedsearchVectorStore(VectorStore):
         """Documents nearest ``query``, best first, with the server's scores (cosine: similarity; dot:
         inner product; l2: distance)."""
         if self._embedding:
-            return self.similarity_search_with_score_by_vector(self._embedding.embed_query(query), k, filter, **kwargs)
+            return self.similarity_search_with_score_by_vector(self._embedding.embed_query(query), k, filter,
+                                                               **_keyword(query, kwargs))
         return _scored(self.collection.search(query, top_k=k, filter=filter, **kwargs))
 
     async def asimilarity_search_with_score(self, query: str, k: int = 4, filter: Filter | None = None,
                                             **kwargs: Any) -> list[tuple[Document, float]]:
         if self._embedding:
             vector = await self._embedding.aembed_query(query)
-            return await self.asimilarity_search_with_score_by_vector(vector, k, filter, **kwargs)
+            return await self.asimilarity_search_with_score_by_vector(vector, k, filter, **_keyword(query, kwargs))
         return _scored(await self._acollection().search(query, top_k=k, filter=filter, **kwargs))
 
     def similarity_search_by_vector(self, embedding: list[float], k: int = 4, filter: Filter | None = None,
@@ -218,6 +221,13 @@ def _documents(texts: list[str], metadatas: list[dict[str, Any]] | None, ids: li
             raise ValueError(f"{len(texts)} texts but {len(given)} {what}")
     return [{"id": ids[i] if ids else None, "text": text, "metadata": metadatas[i] if metadatas else None,
              "vector": vectors[i] if vectors else None} for i, text in enumerate(texts)]
+
+
+def _keyword(query: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Search options for a query embedded here: keyword and hybrid modes search its words as well."""
+    if kwargs.get("mode", "dense") != "dense" and "keyword" not in kwargs:
+        return {**kwargs, "keyword": query}
+    return kwargs
 
 
 def _delete_filter(ids: list[str] | None, kwargs: dict[str, Any]) -> Filter | None:

@@ -204,15 +204,35 @@ def _get_filter(filters: MetadataFilters | None) -> dict[str, Any] | None:
     return to_filter(filters) if filters is not None else None
 
 
+_MODES = {VectorStoreQueryMode.DEFAULT: "dense", VectorStoreQueryMode.TEXT_SEARCH: "keyword",
+          VectorStoreQueryMode.HYBRID: "hybrid"}
+
+
 def search_args(query: VectorStoreQuery) -> dict[str, Any]:
-    """The arguments of ``Collection.search`` for a LlamaIndex query."""
-    if query.mode != VectorStoreQueryMode.DEFAULT:
-        raise ValueError(f"EmbedsearchVectorStore supports only the default query mode, not {query.mode.value!r}")
+    """The arguments of ``Collection.search`` for a LlamaIndex query. DEFAULT is dense search, TEXT_SEARCH
+    the server's BM25 over ``query_str``, HYBRID both (``query_str`` the keyword query), fused by the
+    weights of ``alpha`` when given (the dense share), else by RRF."""
+    mode = _MODES.get(query.mode)
+    if mode is None:
+        raise ValueError(f"EmbedsearchVectorStore supports the default, text_search and hybrid query modes, not "
+                         f"{query.mode.value!r}")
     parts = [to_filter(query.filters)] if query.filters is not None else []
     if query.doc_ids:
         parts.append(_compare("ref_doc_id", FilterOperator.IN, query.doc_ids))
-    args: dict[str, Any] = {"top_k": MAX_TOP_K if query.node_ids else query.similarity_top_k,
+    top_k = (query.hybrid_top_k or query.similarity_top_k) if mode == "hybrid" else query.similarity_top_k
+    args: dict[str, Any] = {"top_k": MAX_TOP_K if query.node_ids else top_k,
                             "filter": _joined("$and", parts) if parts else None}
+    if mode != "dense":
+        if not query.query_str:
+            raise ValueError(f"a {query.mode.value} query needs a query_str")
+        args["mode"] = mode
+    if mode == "keyword":
+        args["query"] = query.query_str
+        return args
+    if mode == "hybrid":
+        args["keyword"] = query.query_str
+        if query.alpha is not None:
+            args["fusion"] = {"method": "weighted", "alpha": query.alpha}
     if query.query_embedding is not None:
         args["vector"] = query.query_embedding
     elif query.query_str:

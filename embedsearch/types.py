@@ -11,6 +11,8 @@ import numpy as np
 
 Metric: TypeAlias = Literal["cosine", "dot", "l2"]
 Include: TypeAlias = Literal["text", "metadata", "vector"]
+# dense: nearest vectors; keyword: BM25 over the documents' text; hybrid: both, fused
+Mode: TypeAlias = Literal["dense", "keyword", "hybrid"]
 Filter: TypeAlias = Mapping[str, Any]
 # A vector as sent: any 1-D sequence of numbers (sent as base64 of little-endian float32).
 VectorLike: TypeAlias = "np.ndarray | Sequence[float]"
@@ -43,11 +45,14 @@ class Document:
 @dataclass
 class Hit:
     id: str
-    # cosine: cosine similarity, dot: inner product (higher is better); l2: distance (lower is better)
+    # dense: cosine similarity, inner product (higher is better) or l2 distance (lower is better);
+    # keyword: BM25; hybrid: the fused score
     score: float
     text: str | None = None
     metadata: dict[str, Any] | None = None
     vector: np.ndarray | None = None
+    # with explain=True: {"dense": {"rank", "score"} | None, "keyword": {"rank", "score"} | None}
+    explain: dict[str, Any] | None = None
 
 
 @dataclass

@@ -140,7 +140,8 @@ class KeywordIndex:
                             np.array([held is not None for held in self._terms], dtype=bool))
         return self._arrays
 
-    def search(self, queries: Sequence[str], k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: Sequence[str], k: int,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The top ``k`` (scores, seqs) of each query, best first (ties: lower seq first), among ``allowed``
         seqs (sorted) if given; rows padded with score 0 and seq -1 past the documents that match."""
         scores = np.zeros((len(queries), k), dtype=np.float32)

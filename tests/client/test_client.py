@@ -180,6 +180,16 @@ def test_search_by_text_vector_and_batches(client: Client, name: str):
     vectors = client.embed(["green banana and cherry"] * 300, model="tiny")
     by_vector = kb.search_batch(vectors=vectors, top_k=2)  # 300 queries: more than one search takes
     assert len(by_vector) == 300 and all(b[0].id == "banana" for b in by_vector)
+    keyword = kb.search("cherry apple", mode="keyword", explain=True)
+    assert {h.id for h in keyword} == {"apple", "banana"} and keyword[0].explain["dense"] is None
+    hybrid = kb.search("green banana and cherry", mode="hybrid", top_k=2, explain=True,
+                       fusion={"method": "weighted", "alpha": 0.5})
+    assert hybrid[0].id == "banana" and hybrid[0].explain["keyword"]["rank"] == 1
+    by_words = kb.search_batch(["cherry", "server"], mode="keyword", top_k=1)
+    assert [b[0].id for b in by_words] == ["banana", "server"]
+    with pytest.raises(embedsearch.BadRequestError) as no_keyword:
+        kb.search(vector=vectors[0], mode="keyword")
+    assert no_keyword.value.param == "keyword"
     with pytest.raises(ValueError):
         kb.search("x", vector=[1.0])
     with pytest.raises(embedsearch.BadRequestError) as bad:

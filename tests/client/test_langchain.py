@@ -53,6 +53,10 @@ def test_a_text_collection_needs_no_embeddings(texts_store: EmbedsearchVectorSto
     retriever = texts_store.as_retriever(search_kwargs={"k": 2, "filter": {"topic": "travel"}})
     assert [d.id for d in retriever.invoke("anything")] == ["train"]
     assert texts_store.get_by_ids(["train", "nope"]) == [DOCS[2]]
+    keyword = texts_store.similarity_search_with_score("cherry", k=3, mode="keyword")
+    assert [d.id for d, _ in keyword] == ["soup"]
+    hybrid = texts_store.similarity_search("a big red apple", k=2, mode="hybrid", explain=True)
+    assert hybrid[0].id == "bread"
     texts_store.delete(filter={"topic": "food"})
     assert [d.id for d in texts_store.similarity_search("x", k=3)] == ["train"]
     texts_store.delete()  # no ids, no filter: everything
@@ -67,6 +71,9 @@ def test_max_marginal_relevance_prefers_diverse_documents(live: ServerProcess, n
     store.collection.upsert([{"id": "a", "vector": [1.0, 0.0], "text": "a"},
                              {"id": "a2", "vector": [0.999, 0.01], "text": "a2"},
                              {"id": "b", "vector": [0.7, 0.7], "text": "b"}])
+    # keyword and hybrid search with client-side embeddings: the query's words go as the keyword query
+    assert [d.id for d in store.similarity_search("a2", k=3, mode="keyword")] == ["a2"]
+    assert {d.id for d in store.similarity_search("b", k=2, mode="hybrid")} >= {"b"}
     nearest = store.similarity_search_by_vector([1.0, 0.05], k=2)
     assert {d.id for d in nearest} == {"a", "a2"}
     diverse = store.max_marginal_relevance_search_by_vector([1.0, 0.05], k=2, fetch_k=3, lambda_mult=0.5)

@@ -239,3 +239,23 @@ async def test_the_async_methods(live: ServerProcess, client: Client, name: str)
     assert [n.node_id for n in await store.aget_nodes(node_ids=["n4", "n5", "extra"])] == ["n5", "extra"]
     await store.aclear()
     assert client.collection(name).count() == 0
+
+
+def test_text_search_and_hybrid_query_modes(live: ServerProcess, name: str):
+    """TEXT_SEARCH is the server's BM25 over query_str; HYBRID fuses it with the dense branch (weights of
+    alpha when given, else RRF)."""
+    store = store_of(live, name, dimension=64)
+    store.add(nodes())  # node i's text names WORDS[i]
+    vectors = unit(9, 64, seed=3)
+    text = store.query(VectorStoreQuery(query_str="banana", similarity_top_k=3, mode=VectorStoreQueryMode.TEXT_SEARCH))
+    assert text.ids == ["n4"] and text.nodes[0].get_content() == node_text(4)
+    # the vector points at n2, the words at n4: hybrid finds both, alpha moves the order
+    for alpha, first in ((0.9, "n2"), (0.1, "n4")):
+        hybrid = store.query(VectorStoreQuery(query_embedding=vectors[2].tolist(), query_str="banana", alpha=alpha,
+                                              similarity_top_k=2, mode=VectorStoreQueryMode.HYBRID))
+        assert hybrid.ids[0] == first, (alpha, hybrid.ids)
+    rrf = store.query(VectorStoreQuery(query_embedding=vectors[2].tolist(), query_str="banana", similarity_top_k=2,
+                                       mode=VectorStoreQueryMode.HYBRID))
+    assert set(rrf.ids) == {"n2", "n4"}
+    with pytest.raises(ValueError, match="query_str"):
+        store.query(VectorStoreQuery(query_embedding=vectors[2].tolist(), mode=VectorStoreQueryMode.HYBRID))
