@@ -63,7 +63,9 @@ MAX_SEARCH_HITS = 10_000  # queries x top_k of one search
 BATCH_BYTES = 8 << 20
 BATCH_TEXT_BYTES = 250_000
 
-# Retried: the server said "later" (429, 503), or the request never reached it.
+# Retried: the server said "later" (429, 503), or no answer came because the connection could not be
+# made or the server closed it (a stale keep-alive connection, a worker restarting). Writes are safe to
+# send again: upserts carry their ids (made here when missing), deletes are idempotent.
 RETRY_STATUSES = frozenset({429, 503})
 RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 MAX_RETRY_AFTER = 60.0
