@@ -30,7 +30,7 @@ from embedsearch.types import (
 
 T = TypeVar("T")
 
-__all__ = ["AsyncClient", "AsyncCollection"]
+__all__ = ["AsyncClient", "AsyncCollection", "LoopClients"]
 
 
 class AsyncClient(_api.ClientBase[httpx.AsyncClient]):
@@ -235,3 +235,21 @@ class AsyncCollection:
         return [hits for batch in batches
                 for hits in await self.client._call(_api.search(self.name, field, batch, top_k, filter, include,
                                                                     min_score, options))]
+
+
+class LoopClients:
+    """The AsyncClient for the running event loop, for code that lives longer than one loop (the framework
+    vector stores): the one given, else one made for each loop from ``base_url`` and ``api_key`` (an httpx
+    async client cannot outlive its loop)."""
+
+    def __init__(self, base_url: str, api_key: str, given: AsyncClient | None = None) -> None:
+        self.base_url, self.api_key = base_url, api_key
+        self._client = given
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the client was made for; None: given
+
+    def get(self) -> AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or (self._loop is not None and self._loop is not loop):
+            self._client = AsyncClient(self.base_url, self.api_key)
+            self._loop = loop
+        return self._client

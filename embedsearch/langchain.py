@@ -28,7 +28,7 @@ except ModuleNotFoundError as exc:
     raise ModuleNotFoundError("embedsearch.langchain needs langchain-core: pip install 'embedsearch[langchain]'",
                               name=exc.name) from exc
 
-from embedsearch.async_client import AsyncClient, AsyncCollection
+from embedsearch.async_client import AsyncClient, AsyncCollection, LoopClients
 from embedsearch.client import Client
 from embedsearch.errors import NotFoundError
 from embedsearch.types import Filter, Hit, Metric
@@ -46,8 +46,7 @@ class EmbedsearchVectorStore(VectorStore):
                  client: Client | None = None, async_client: AsyncClient | None = None,
                  base_url: str | None = None, api_key: str | None = None) -> None:
         self.client = client or Client(base_url, api_key)
-        self._async_client = async_client
-        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._async_clients = LoopClients(self.client.base_url, self.client.api_key, async_client)
         self._embedding = embedding
         self.collection = self.client.collection(collection_name)
         try:
@@ -71,13 +70,7 @@ class EmbedsearchVectorStore(VectorStore):
         return self._embedding
 
     def _acollection(self) -> AsyncCollection:
-        """The collection through an async client: the one given, or one per event loop (an httpx async
-        client cannot outlive its loop)."""
-        if self._async_client is None or (self._async_loop is not None
-                                          and self._async_loop is not asyncio.get_running_loop()):
-            self._async_client = AsyncClient(self.client.base_url, self.client.api_key)
-            self._async_loop = asyncio.get_running_loop()
-        return self._async_client.collection(self.collection.name)
+        return self._async_clients.get().collection(self.collection.name)
 
     # -- writes ------------------------------------------------------------------------------------
     def add_texts(self, texts: Iterable[str], metadatas: list[dict[str, Any]] | None = None, *,

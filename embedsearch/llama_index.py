@@ -13,7 +13,6 @@ Each node is one document: its id, its text, its embedding, and as metadata its 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -36,7 +35,7 @@ except ModuleNotFoundError as exc:
                               "pip install 'embedsearch[llama-index]'", name=exc.name) from exc
 
 from embedsearch._api import MAX_TOP_K
-from embedsearch.async_client import AsyncClient, AsyncCollection
+from embedsearch.async_client import AsyncClient, AsyncCollection, LoopClients
 from embedsearch.client import Client, Collection
 from embedsearch.errors import ConflictError, NotFoundError
 from embedsearch.types import Document, Hit, Metric
@@ -73,14 +72,13 @@ class EmbedsearchVectorStore(BasePydanticVectorStore):
     index: str = "Flat"
 
     _client: Client = PrivateAttr()
-    _aclient: AsyncClient | None = PrivateAttr(default=None)
-    _aloop: asyncio.AbstractEventLoop | None = PrivateAttr(default=None)
+    _aclients: LoopClients = PrivateAttr()
 
     def __init__(self, collection_name: str, *, client: Client | None = None, aclient: AsyncClient | None = None,
                  **fields: Any) -> None:
         super().__init__(collection_name=collection_name, **fields)
         self._client = client or Client(self.base_url, self.api_key)
-        self._aclient = aclient
+        self._aclients = LoopClients(self._client.base_url, self._client.api_key, aclient)
         self.base_url = self._client.base_url
         if self.model is not None or self.dimension is not None:
             try:
@@ -102,13 +100,8 @@ class EmbedsearchVectorStore(BasePydanticVectorStore):
 
     @property
     def aclient(self) -> AsyncClient:
-        """The async client: the one given, or one made for the running event loop (an httpx async client
-        cannot outlive its loop)."""
-        loop = asyncio.get_running_loop()
-        if self._aclient is None or (self._aloop is not None and self._aloop is not loop):
-            self._aclient = AsyncClient(self._client.base_url, self._client.api_key)
-            self._aloop = loop
-        return self._aclient
+        """The async client: the one given, or one made for the running event loop."""
+        return self._aclients.get()
 
     @property
     def collection(self) -> Collection:
