@@ -25,7 +25,7 @@ import re
 import sys
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -75,15 +75,17 @@ class KeywordIndex:
         self._lengths: list[int] = []  # by slot
         self._terms: list[tuple[str, ...] | None] = []  # by slot: its distinct terms; None once removed
         self._total = 0  # terms in live documents
-        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # seqs, lengths, live, by slot
+        # by slot: seqs, BM25's length normalisation k1 (1 - b + b length / average length), live; until a write
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self._slot_of)
 
     def upsert(self, seqs: Sequence[int] | np.ndarray, texts: Sequence[str | None]) -> None:
         """Add documents (a seq already here is replaced); one with no text, or no terms, is not kept."""
-        self.remove([s for s in np.asarray(seqs).tolist() if s in self._slot_of])
-        for seq, text in zip(np.asarray(seqs).tolist(), texts):
+        seqs = np.asarray(seqs).tolist()
+        self.remove([s for s in seqs if s in self._slot_of])
+        for seq, text in zip(seqs, texts):
             counts = Counter(map(sys.intern, terms(text))) if text else None  # one string per distinct term
             if not counts:
                 continue
@@ -102,8 +104,8 @@ class KeywordIndex:
             self._df.update(counts.keys())
         self._arrays = None
 
-    def remove(self, seqs: Iterable[int] | np.ndarray) -> None:
-        for seq in np.asarray(list(seqs) if not isinstance(seqs, np.ndarray) else seqs).tolist():
+    def remove(self, seqs: Sequence[int] | np.ndarray) -> None:
+        for seq in np.asarray(seqs).tolist():
             slot = self._slot_of.pop(seq, None)
             if slot is None:
                 continue
@@ -136,7 +138,9 @@ class KeywordIndex:
 
     def _by_slot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._arrays is None:
-            self._arrays = (np.array(self._seqs, dtype=np.int64), np.array(self._lengths, dtype=np.float32),
+            lengths = np.array(self._lengths, dtype=np.float32)
+            norm = K1 * (1 - B + B * lengths / (self._total / max(len(self._slot_of), 1)))
+            self._arrays = (np.array(self._seqs, dtype=np.int64), norm,
                             np.array([held is not None for held in self._terms], dtype=bool))
         return self._arrays
 
@@ -157,8 +161,7 @@ class KeywordIndex:
         wanted = [t for t in dict.fromkeys(terms(query)) if self._df.get(t, 0) > 0]
         if not n or not wanted:
             return np.empty(0, np.float32), np.empty(0, np.int64)
-        seqs, lengths, live = self._by_slot()
-        norm = K1 * (1 - B + B * lengths / (self._total / n))  # by slot
+        seqs, norm, live = self._by_slot()
         slot_parts, score_parts = [], []
         for term in wanted:
             slots, tfs = self._postings[term].arrays()

@@ -1,18 +1,18 @@
 """The engine: the one door to models and indexes.
 
-Everything above it (the domain, service/domain/) reaches the models and the FAISS indexes through
-this interface alone, and hands it plain data: token ids in and float32 vectors out; a collection's
-row, query vectors (or keyword queries) and a parsed filter in and (scores, seqs) out; committed writes, each with its
-write-log position. Nothing crosses it that could not cross a process boundary, and it does: with
-``EMBEDSEARCH_WORKERS`` >= 1 this Engine runs in a process of its own (service/engine/server.py)
-and each HTTP worker holds an :class:`~service.engine.client.EngineClient` with the same methods,
+Everything above it (the domain, service/domain/) reaches the models and the FAISS and keyword indexes
+through this interface alone, and hands it plain data: token ids in and float32 vectors out; a
+collection's row, query vectors (or keyword queries) and a parsed filter in and (scores, seqs) out;
+committed writes, each with its write-log position. Nothing crosses it that could not cross a process
+boundary, and it does: with ``EMBEDSEARCH_WORKERS`` >= 1 this Engine runs in a process of its own
+(service/engine/server.py) and each HTTP worker holds an :class:`~service.engine.client.EngineClient` with the same methods,
 each a call over a socket (as vLLM's API servers feed one engine core). It owns all of its state:
 the loaded models and their batchers (models.py), the live indexes with their locks and filter
 caches (indexes.py), and their snapshots (snapshots.py); it reads SQL (service/store/) only to
 rebuild or bring those up to date.
 
-The coroutines are for the event loop; ``search``, ``keyword_search``, ``apply`` and ``indexed`` are synchronous and
-thread-safe, for worker threads; ``model``, ``served_models``, ``model_status`` and ``check_index``
+The coroutines are for the event loop; ``search``, ``keyword_search``, ``apply`` and ``indexed`` are
+synchronous and thread-safe, for worker threads; ``model``, ``served_models``, ``model_status`` and ``check_index``
 answer at once. Every request into the engine has a deadline (``EMBEDSEARCH_ENGINE_DEADLINE_SECONDS``):
 past it, a 503.
 """
