@@ -34,14 +34,14 @@ def recover(row: CollectionRow, store: DocumentStore, path: Path, tuning: Tuning
     """The index of ``row`` as SQL has it now, from its snapshot at ``path`` where that is usable."""
     try:
         index, saved = VectorIndex.load(path, tuning=tuning)
-        removed, seqs, vectors = store.changes_since(row.id, saved, row.dimension)
-        index.remove(removed)
-        index.upsert(seqs, vectors)
+        changes = store.changes_since(row.id, saved, row.dimension)
+        index.remove(changes.removed)
+        index.upsert(changes.seqs, changes.vectors)
         in_sql = np.sort(store.all_seqs(row.id))
         if not np.array_equal(index.ids(), in_sql):
             raise ValueError(f"after replay the index holds {len(index)} ids, SQL {len(in_sql)}, not the same")
         log.info("collection %s/%s: snapshot at %d, replayed %d additions and %d removals",
-                 row.tenant, row.name, saved, len(seqs), len(removed))
+                 row.tenant, row.name, saved, len(changes.seqs), len(changes.removed))
         return Recovered(index, max(saved, row.last_position), saved)
     except FileNotFoundError:
         pass

@@ -8,16 +8,18 @@ documents whose seq is above P. All methods are synchronous; callers run them in
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterator
 
 import numpy as np
 from sqlalchemy import Connection, ColumnElement, Engine, Text, and_, cast, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from service.store.filters import Filter, compile_filter
-from service.store.tables import collections, documents, removals
+from service.store.tables import collections, documents, index_positions, removals
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,26 @@ class StoredDocument:
 
 class DuplicateCollection(Exception):
     pass
+
+
+@dataclass
+class Changes:
+    """What a collection's write log holds after a position: the seqs removed, the seqs added with their
+    vectors and, when asked for, their texts and metadata."""
+
+    removed: np.ndarray
+    seqs: np.ndarray
+    vectors: np.ndarray
+    texts: list[str | None] | None = None
+    metas: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class IndexPosition:
+    """An external index's recorded position, locked until the ``index_position`` block ends; setting
+    ``position`` records a new one when the block ends without an error."""
+
+    position: int
 
 
 def to_blob(vector: np.ndarray) -> bytes:
@@ -131,6 +153,7 @@ class DocumentStore:
     def delete_collection(self, collection_id: int) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(removals).where(removals.c.collection_id == collection_id))
+            conn.execute(delete(index_positions).where(index_positions.c.collection_id == collection_id))
             conn.execute(delete(documents).where(documents.c.collection_id == collection_id))
             conn.execute(delete(collections).where(collections.c.id == collection_id))
 
@@ -146,6 +169,16 @@ class DocumentStore:
             ).scalar_one()
 
     # -- writes ------------------------------------------------------------------------------
+    @staticmethod
+    def _lock(conn: Connection, collection_id: int) -> None:
+        """Lock the collection's row for this transaction before it reads what it will replace or delete: a
+        concurrent writer (another HTTP worker or server) has then committed, so the seqs read are the ones
+        deleted (else PostgreSQL's DELETE would remove a row the concurrent writer had just put there, while
+        the removal log named the seq it had read before)."""
+        if conn.execute(update(collections).where(collections.c.id == collection_id)
+                        .values(last_position=collections.c.last_position)).rowcount == 0:
+            raise CollectionDeleted(collection_id)
+
     @staticmethod
     def _take_positions(conn: Connection, collection_id: int, n: int) -> int:
         """Reserve ``n`` positions; returns the first. The row update also serialises writers."""
@@ -180,6 +213,7 @@ class DocumentStore:
 
         The last new seq is also the collection's last position."""
         with self.engine.begin() as conn:
+            self._lock(conn, collection_id)
             replaced, _ = self._remove(conn, collection_id, self._where(collection_id, ids=[d.id for d in docs]))
             first = self._take_positions(conn, collection_id, len(docs))
             seqs = np.arange(first, first + len(docs), dtype=np.int64)
@@ -198,6 +232,7 @@ class DocumentStore:
         """Delete the documents with ``ids`` and/or matching ``filter``: (their seqs, the last position used,
         None if nothing was deleted)."""
         with self.engine.begin() as conn:
+            self._lock(conn, collection_id)
             return self._remove(conn, collection_id, self._where(collection_id, filter, ids=ids))
 
     # -- reads -------------------------------------------------------------------------------
@@ -255,18 +290,24 @@ class DocumentStore:
         return self.seqs_matching(collection_id, None)
 
     # -- index maintenance -------------------------------------------------------------------
-    def changes_since(self, collection_id: int, position: int, dimension: int,
-                      until: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(seqs removed after ``position``, seqs added after it, their vectors), up to ``until`` if given."""
+    def changes_since(self, collection_id: int, position: int, dimension: int, until: int | None = None, *,
+                      documents_too: bool = False) -> Changes:
+        """What was removed and added after ``position`` (up to ``until`` if given); with ``documents_too``, the
+        added documents' texts and metadata as well."""
         removal_range = [removals.c.collection_id == collection_id, removals.c.position > position]
         document_range = [documents.c.collection_id == collection_id, documents.c.seq > position]
         if until is not None:
             removal_range.append(removals.c.position <= until)
             document_range.append(documents.c.seq <= until)
+        columns = [documents.c.seq, documents.c.vector] + ([documents.c.text, documents.c.meta] if documents_too else [])
         with self.engine.connect() as conn:
             removed = np.fromiter(conn.execute(select(removals.c.seq).where(*removal_range)).scalars(), dtype=np.int64)
-            rows = conn.execute(select(documents.c.seq, documents.c.vector).where(*document_range)).all()
-        return removed, np.array([r.seq for r in rows], dtype=np.int64), from_blobs([r.vector for r in rows], dimension)
+            rows = conn.execute(select(*columns).where(*document_range)).all()
+        changes = Changes(removed, np.array([r.seq for r in rows], dtype=np.int64),
+                          from_blobs([r.vector for r in rows], dimension))
+        if documents_too:
+            changes.texts, changes.metas = [r.text for r in rows], [r.meta for r in rows]
+        return changes
 
     def last_position(self, collection_id: int) -> int | None:
         """The collection's last write-log position as committed (None: the collection is gone)."""
@@ -308,3 +349,21 @@ class DocumentStore:
             conn.execute(
                 delete(removals).where(and_(removals.c.collection_id == collection_id, removals.c.position <= position))
             )
+
+    @contextmanager
+    def index_position(self, collection_id: int) -> Iterator[IndexPosition]:
+        """The position an external index (Milvus) has recorded for a collection (0 when none yet), with its row
+        locked (``SELECT ... FOR UPDATE``) until the block ends: whoever holds it is the one server applying
+        writes to that index, so they arrive in write-log order. A new ``position`` is recorded at the end."""
+        where = index_positions.c.collection_id == collection_id
+        locked = select(index_positions.c.position).where(where).with_for_update()
+        with self.engine.begin() as conn:
+            recorded = conn.execute(locked).scalar_one_or_none()
+            if recorded is None:  # the first time: another server may be adding the row too
+                insert_new = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(index_positions)
+                conn.execute(insert_new.values(collection_id=collection_id, position=0).on_conflict_do_nothing())
+                recorded = conn.execute(locked).scalar_one()
+            held = IndexPosition(recorded)
+            yield held
+            if held.position != recorded:
+                conn.execute(update(index_positions).where(where).values(position=held.position))

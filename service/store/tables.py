@@ -80,3 +80,12 @@ removals = Table(
     Column("position", BigInteger, primary_key=True),
     Column("seq", BigInteger, nullable=False),
 )
+
+# The Milvus backend's progress: the last write-log position applied to a collection's Milvus collection.
+# Its row is also the lock under which each server applies writes, so that they reach Milvus in order.
+index_positions = Table(
+    "index_positions",
+    metadata,
+    Column("collection_id", Integer, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+)

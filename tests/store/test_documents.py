@@ -29,11 +29,12 @@ def test_positions_removal_log_and_replay(engine):
     assert removed.tolist() == [1] and position == 6
     assert store.delete(c.id, ids=["nope"])[1] is None
 
-    removed, added, vectors = store.changes_since(c.id, 2, 3)
+    changes = store.changes_since(c.id, 2, 3)
+    removed, added, vectors = changes.removed, changes.seqs, changes.vectors
     assert sorted(removed.tolist()) == [1, 2] and added.tolist() == [4, 5]
     np.testing.assert_array_equal(vectors[:, 0], [3, 4])
     store.prune_removals(c.id, 3)
-    assert store.changes_since(c.id, 0, 3)[0].tolist() == [1]  # only the removal after 3 is left
+    assert store.changes_since(c.id, 0, 3).removed.tolist() == [1]  # only the removal after 3 is left
 
     assert store.count(c.id) == 2
     got = store.get(c.id, "b")
@@ -62,3 +63,28 @@ def test_pages_filters_and_collections_are_separate(engine):
     store.delete_collection(one.id)
     assert store.count(one.id) == 0 and store.count(two.id) == 1
     assert store.get_collection("t", "one") is None
+
+
+def test_concurrent_replacements_log_every_seq_they_remove(engine):
+    """Writers replacing the same documents at once (HTTP workers, or servers sharing one database): each
+    replaced seq is logged as removed exactly once, so an index following the log keeps no stale vector."""
+    import threading
+
+    store = DocumentStore(engine)
+    c = store.create_collection("t", "c", None, 3, "cosine", "Flat")
+    written: list[int] = []
+
+    def write(seed: int) -> None:
+        for n in range(15):
+            seqs, _ = store.upsert(c.id, [doc(f"d{(seed + n + i) % 6}", n) for i in range(3)])
+            written.extend(seqs.tolist())
+
+    threads = [threading.Thread(target=write, args=(seed,)) for seed in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    changes = store.changes_since(c.id, 0, 3)
+    removed = changes.removed.tolist()
+    assert len(removed) == len(set(removed))
+    assert sorted(removed + store.all_seqs(c.id).tolist()) == sorted(written)
