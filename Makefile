@@ -8,9 +8,9 @@ LOCK := requirements.lock
 PYTEST_ARGS ?=
 # pip-compile's options: the lock holds runtime, test and bench dependencies, with hashes.
 LOCK_OPTIONS := --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
-	--extra server --extra langchain --extra llama-index --extra test --extra bench --constraint lock-constraints.txt
+	--extra server --extra milvus --extra langchain --extra llama-index --extra test --extra bench --constraint lock-constraints.txt
 
-.PHONY: install install-gpu serve test test-fast bench lock lock-check clean
+.PHONY: install install-gpu serve test test-fast test-benchmarks bench lock lock-check clean
 
 install: $(STAMP)
 
@@ -43,8 +43,12 @@ serve: $(STAMP)
 	$(PY) -m service migrate
 	$(PY) -m service serve
 
+# Every test but the benchmark harness's end-to-end run (test-benchmarks; CI runs both).
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not benchmark" $(PYTEST_ARGS)
+
+test-benchmarks: $(STAMP)
+	$(PY) -m pytest -q -m benchmark $(PYTEST_ARGS)
 
 # The unit tier: no app, no server, no real checkpoint; well under a minute.
 test-fast: $(STAMP)

@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-EXTRAS = ("server", "langchain", "llama-index", "test", "bench")
+EXTRAS = ("server", "milvus", "langchain", "llama-index", "test", "bench")
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
 FROM_PROJECT = re.compile(r"^#\s+(?:via\s+)?embedsearch \(pyproject\.toml\)")
 

@@ -49,6 +49,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     truncate: bool = False  # default for requests that do not say; over-long inputs are cut instead of refused
     # Every request into the engine (an embedding, an index lock) waits at most this long: then a 503.
     engine_deadline_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    # Where collections' vectors live: "faiss" (in this server's memory, snapshotted to the data dir) or
+    # "milvus" (a Milvus collection per collection; SQL stays the source of truth). See README, "Scaling out".
+    vector_backend: Literal["faiss", "milvus"] = "faiss"
+    # The Milvus to use: a cluster's URL (http://host:19530) with its token ("user:password" or an API key) if
+    # it needs one, or a local path ending in .db for milvus-lite in-process (one server process only).
+    # Empty: <data_dir>/milvus.db.
+    milvus_uri: str = ""
+    milvus_token: str = ""
     # Index tuning (not stored in snapshots: a change applies to every index at the next start).
     hnsw_ef_search: Annotated[int, msgspec.Meta(ge=1)] = 128
     hnsw_ef_construction: Annotated[int, msgspec.Meta(ge=1)] = 128
@@ -68,6 +76,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'embedsearch.db').resolve()}"
+
+    @property
+    def milvus_location(self) -> str:
+        return self.milvus_uri or str((self.data_dir / "milvus.db").resolve())
 
     @property
     def model_cache(self) -> Path:

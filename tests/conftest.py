@@ -106,12 +106,29 @@ async def wait_ready(client, timeout: float = 120.0) -> None:
     raise TimeoutError("models did not load")
 
 
+@contextlib.asynccontextmanager
+async def client_on(request: pytest.FixtureRequest, settings: Settings, database: str,
+                    backend: str = "faiss") -> AsyncIterator:
+    """The `client` fixture's app on SQLite or on a fresh database of the session's PostgreSQL, with its vectors
+    in FAISS or in Milvus (milvus-lite in the data dir)."""
+    with contextlib.ExitStack() as stack:
+        if database == "postgresql":
+            url = stack.enter_context(fresh_database(request.getfixturevalue("postgres_url")))
+            settings = msgspec.structs.replace(settings, database_url=url)
+        async with app_client(msgspec.structs.replace(settings, vector_backend=backend)) as client:
+            yield client
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def db_client(request: pytest.FixtureRequest, settings: Settings):
     """The `client` fixture's app, on SQLite or on a fresh database of the session's PostgreSQL."""
-    with contextlib.ExitStack() as stack:
-        if request.param == "postgresql":
-            url = stack.enter_context(fresh_database(request.getfixturevalue("postgres_url")))
-            settings = msgspec.structs.replace(settings, database_url=url)
-        async with app_client(settings) as client:
-            yield client
+    async with client_on(request, settings, request.param) as client:
+        yield client
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "milvus"])
+async def backend_client(request: pytest.FixtureRequest, settings: Settings):
+    """`db_client`, and the app on SQLite with its vectors in Milvus (milvus-lite) instead of FAISS."""
+    database, backend = ("sqlite", "milvus") if request.param == "milvus" else (request.param, "faiss")
+    async with client_on(request, settings, database, backend) as client:
+        yield client

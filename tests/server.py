@@ -1,12 +1,15 @@
-"""Run the real server (`python -m service serve`) as a subprocess on a free loopback port."""
+"""Run the real server (`python -m service serve`), and milvus-lite, as subprocesses on free loopback ports."""
 
 from __future__ import annotations
 
+import socket
+import sys
+import time
 from pathlib import Path
 
 from benchmarks.server import ROOT, SERVE, Process, free_port, server_environment, service_ready
 
-__all__ = ["ROOT", "ServerProcess"]
+__all__ = ["ROOT", "MilvusLiteServer", "ServerProcess"]
 
 
 class ServerProcess(Process):
@@ -26,3 +29,29 @@ class ServerProcess(Process):
         self.wait_ready(self.url + "/ready", service_ready, timeout)
         return self
 
+
+
+class MilvusLiteServer(Process):
+    """milvus-lite as a server of its own (``python -m milvus_lite server``) on a free loopback port: one Milvus
+    that several service processes share, as they would share a cluster."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        super().__init__([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir),
+                          "--port", str(self.port)], data_dir.parent / f"milvus-{self.port}.log", cwd=ROOT)
+
+    def start(self, timeout: float = 60.0) -> "MilvusLiteServer":
+        super().start()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"milvus-lite exited with {self.proc.returncode}\n{self.tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"milvus-lite not listening after {timeout:.0f} s\n{self.tail()}") from None
+                time.sleep(0.1)

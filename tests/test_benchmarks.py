@@ -44,6 +44,7 @@ def figures(node, path: str = ""):
             yield from figures(value, f"{path}[{i}]")
 
 
+@pytest.mark.benchmark
 def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path: Path):
     model = save_tiny_gemma(tmp_path / "tiny")
     models_file = tmp_path / "models.json"

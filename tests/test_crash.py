@@ -64,10 +64,12 @@ def writer(url: str, name: str, acked: dict[str, list[float]], deleted: set[str]
             batch_no += 1
 
 
-@pytest.mark.parametrize("index", ["Flat", "HNSW32"])
-def test_sigkill_mid_stream_loses_no_acknowledged_write(tmp_path: Path, models_file: Path, index: str):
+@pytest.mark.parametrize(("index", "backend"), [("Flat", "faiss"), ("HNSW32", "faiss"), ("HNSW32", "milvus")])
+def test_sigkill_mid_stream_loses_no_acknowledged_write(tmp_path: Path, models_file: Path, index: str, backend: str):
+    """On either backend (Milvus: milvus-lite in the engine process, killed with it)."""
     env = {"EMBEDSEARCH_API_KEY": API_KEY, "EMBEDSEARCH_MODELS": "tiny", "EMBEDSEARCH_MODELS_FILE": str(models_file),
-           "EMBEDSEARCH_SNAPSHOT_SECONDS": "0.3", "EMBEDSEARCH_WORKERS": "2"}  # SIGKILL takes the engine too
+           "EMBEDSEARCH_SNAPSHOT_SECONDS": "0.3", "EMBEDSEARCH_WORKERS": "2",  # SIGKILL takes the engine too
+           "EMBEDSEARCH_VECTOR_BACKEND": backend}
     server = ServerProcess(tmp_path / "data", env).start()
     try:
         httpx.post(server.url + "/v1/collections", json={"name": "c", "dimension": DIM, "index": index},

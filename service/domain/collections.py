@@ -132,7 +132,11 @@ class Collections:
             except DuplicateCollection:
                 raise Conflict(f"A collection named `{name}` already exists.", param="name",
                                code="collection_exists") from None
-            await self.engine.create_index(row)
+            try:
+                await self.engine.create_index(row)
+            except BaseException:  # no index (Milvus refused it, say): no collection either
+                await asyncio.to_thread(self.store.delete_collection, row.id)
+                raise
             self._rows[(tenant, name)] = row
         return row
 

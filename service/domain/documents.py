@@ -71,7 +71,7 @@ class Documents:
     def _upsert_now(self, row: CollectionRow, docs: list[NewDocument]) -> tuple[Write, None]:
         seqs, replaced = self.store.upsert(row.id, docs)
         vectors = np.stack([d.vector for d in docs]).astype(np.float32, copy=False)
-        return Write(int(seqs[-1]), replaced, seqs, vectors, [d.text for d in docs]), None
+        return Write(int(seqs[-1]), replaced, seqs, vectors, [d.text for d in docs], [d.metadata for d in docs]), None
 
     async def delete(self, tenant: str, name: str, doc_id: str) -> None:
         row = await self.collections.get(tenant, name)

@@ -242,7 +242,7 @@ class EngineClient:
         self._on_index(collection_id, p.Apply(
             collection_id, write.position, p.Array.of(write.removed),
             None if write.seqs is None else p.Array.of(write.seqs),
-            None if write.vectors is None else p.Array.of(write.vectors), write.texts))
+            None if write.vectors is None else p.Array.of(write.vectors), write.texts, write.metas))
 
     # -- for /ready and /metrics -----------------------------------------------------------------------
     async def status(self) -> p.EngineStatus:

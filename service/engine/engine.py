@@ -9,7 +9,8 @@ boundary, and it does: with ``EMBEDSEARCH_WORKERS`` >= 1 this Engine runs in a p
 each a call over a socket (as vLLM's API servers feed one engine core). It owns all of its state:
 the loaded models and their batchers (models.py), the live indexes with their locks and filter
 caches (indexes.py), and their snapshots (snapshots.py); it reads SQL (service/store/) only to
-rebuild or bring those up to date.
+rebuild or bring those up to date. With ``EMBEDSEARCH_VECTOR_BACKEND=milvus`` the indexes are Milvus
+collections instead (milvus_indexes.py, the same methods), kept up to date with SQL in the background.
 
 The coroutines are for the event loop; ``search``, ``keyword_search``, ``apply`` and ``indexed`` are
 synchronous and thread-safe, for worker threads; ``model``, ``served_models``, ``model_status`` and ``check_index``
@@ -24,8 +25,9 @@ import time
 import numpy as np
 
 from service.engine.indexes import Indexes, Write, tuning_from
+from service.engine.milvus_indexes import MilvusIndexes
 from service.engine.models import ModelHub
-from service.engine.protocol import EngineStatus, IndexStats, ModelState
+from service.engine.protocol import EngineStatus, ModelState
 from service.engine.registry import Registry
 from service.engine.served import ServedModel
 from service.engine.snapshots import Snapshots
@@ -40,25 +42,43 @@ class Engine:
     def __init__(self, settings: Settings, registry: Registry, store: DocumentStore) -> None:
         self.deadline = settings.engine_deadline_seconds
         self.models = ModelHub(settings, registry)
-        self.indexes = Indexes(store, settings.data_dir / "indexes", tuning_from(settings), self.deadline)
-        self.snapshots = Snapshots(self.indexes)
-        self._snapshotting: asyncio.Task[None] | None = None
-        self._snapshot_seconds = settings.snapshot_seconds
+        self.indexes: Indexes | MilvusIndexes
+        self.snapshots: Snapshots | None = None
+        if settings.vector_backend == "milvus":
+            self.indexes = MilvusIndexes(store, settings.milvus_location, settings.milvus_token,
+                                         tuning_from(settings), self.deadline)
+        else:
+            self.indexes = Indexes(store, settings.data_dir / "indexes", tuning_from(settings), self.deadline)
+            self.snapshots = Snapshots(self.indexes)
+        self._maintaining: asyncio.Task[None] | None = None
+        self._interval = settings.snapshot_seconds
         self.started = time.time()
 
     async def start(self) -> None:
-        """Load the models (in the background) and open every collection's index; then snapshot them."""
+        """Load the models (in the background) and open every collection's index; then snapshot them (FAISS) and
+        keep snapshotting, or keep catching Milvus up with SQL."""
         self.models.start()
-        self.indexes.directory.mkdir(parents=True, exist_ok=True)
+        if self.snapshots is not None:
+            self.indexes.directory.mkdir(parents=True, exist_ok=True)
         for row in await asyncio.to_thread(self.indexes.store.all_collections):
             await asyncio.to_thread(self.indexes.open, row)
-        await self.snapshots.save_all()
-        self._snapshotting = asyncio.get_running_loop().create_task(self.snapshots.run(self._snapshot_seconds))
+        if self.snapshots is not None:
+            await self.snapshots.save_all()
+        self._maintaining = asyncio.get_running_loop().create_task(self._maintain())
+
+    async def _maintain(self) -> None:
+        if self.snapshots is not None:
+            await self.snapshots.run(self._interval)
+        while True:
+            await asyncio.sleep(self._interval)
+            await asyncio.to_thread(self.indexes.catch_up_all)
 
     async def stop(self) -> None:
-        if self._snapshotting is not None:
-            self._snapshotting.cancel()
-        await self.snapshots.save_all()
+        if self._maintaining is not None:
+            self._maintaining.cancel()
+        if self.snapshots is not None:
+            await self.snapshots.save_all()
+        await asyncio.to_thread(self.indexes.close)
         await self.models.stop()
 
     # -- models ------------------------------------------------------------------------------
@@ -123,6 +143,5 @@ class Engine:
                 state.recent_batch_sizes = list(stats.recent_batch_sizes)
                 state.pending, state.capacity = batcher.pending, batcher.max_pending
             models[name] = state
-        indexes = [IndexStats(live.row.id, len(live.index), live.snapshots, live.allowed.hits, live.allowed.updates,
-                              live.allowed.misses) for live in sorted(self.indexes.live(), key=lambda x: x.row.id)]
+        indexes = await asyncio.to_thread(self.indexes.stats)
         return EngineStatus(self.started, models, self.indexes.failed(), indexes, workers=0)

@@ -27,6 +27,7 @@ import numpy as np
 
 from index import AllowedSet, KeywordIndex, Tuning, VectorIndex
 from service.engine.allowed import AllowedCache, filter_key
+from service.engine.protocol import IndexStats
 from service.engine.recovery import keywords_from_sql, rebuild, recover
 from service.engine.rwlock import RWLock
 from service.store.documents import CollectionRow, DocumentStore
@@ -44,18 +45,34 @@ def tuning_from(settings: Settings) -> Tuning:
 
 @dataclass
 class Write:
-    """One committed write: the position it took, the seqs it removed, the seqs, vectors and texts it added."""
+    """One committed write: the position it took, the seqs it removed, the seqs, vectors, texts and metadata it
+    added."""
 
     position: int
     removed: np.ndarray
     seqs: np.ndarray | None = None
     vectors: np.ndarray | None = None
     texts: list[str | None] | None = None
+    metas: list[dict] | None = None
 
     @property
     def first(self) -> int:
         """The first position it took: removals and additions take one each, one after another."""
         return self.position - len(self.removed) - (0 if self.seqs is None else len(self.seqs)) + 1
+
+
+def committed_since(store: DocumentStore, row: CollectionRow, position: int) -> Write:
+    """Everything committed to ``row``'s collection after ``position``, as one write (read back from SQL)."""
+    last = store.last_position(row.id)
+    if last is None:
+        raise IndexGone(row.id)  # deleted meanwhile
+    if last <= position:
+        return Write(position, np.zeros(0, np.int64))
+    changes = store.changes_since(row.id, position, row.dimension, until=last, documents_too=True)
+    if len(changes.seqs) or len(changes.removed):
+        log.info("collection %s/%s: caught up from SQL to position %d (%d additions, %d removals)",
+                 row.tenant, row.name, last, len(changes.seqs), len(changes.removed))
+    return Write(last, changes.removed, changes.seqs, changes.vectors, changes.texts, changes.metas)
 
 
 @dataclass(eq=False)
@@ -126,6 +143,17 @@ class Indexes:
     def live(self) -> list[LiveIndex]:
         return list(self._live.values())
 
+    def catch_up_all(self) -> None:
+        """Nothing to do: these indexes are only written by this engine (Snapshots keep their files)."""
+
+    def close(self) -> None:
+        """Nothing to release: the snapshots are written by then."""
+
+    def stats(self) -> list[IndexStats]:
+        """Each index's size, snapshots and filter cache counters, for /metrics."""
+        return [IndexStats(live.row.id, len(live.index), live.snapshots, live.allowed.hits, live.allowed.updates,
+                           live.allowed.misses) for live in sorted(self._live.values(), key=lambda x: x.row.id)]
+
     def _cache(self, row: CollectionRow, position: int) -> AllowedCache:
         return AllowedCache(position, row.dimension)
 
@@ -181,7 +209,7 @@ class Indexes:
             if write.position <= live.position:
                 return  # reflected already, by a catch-up from SQL
             if write.first != live.position + 1:
-                write = self._committed_since(live)
+                write = committed_since(self.store, live.row, live.position)
             try:
                 live.index.remove(write.removed)
                 live.keywords.remove(write.removed)
@@ -201,14 +229,3 @@ class Indexes:
                     return
             live.allowed.record(write.position, write.removed)
             live.position = write.position
-
-    def _committed_since(self, live: LiveIndex) -> Write:
-        """Everything committed after the index's position, as one write (read back from SQL)."""
-        last = self.store.last_position(live.row.id)
-        if last is None:
-            raise IndexGone(live.row.id)  # deleted meanwhile
-        removed, seqs, vectors = self.store.changes_since(live.row.id, live.position, live.row.dimension, until=last)
-        docs = self.store.by_seqs(live.row.id, seqs.tolist())
-        log.info("collection %s/%s: caught up from SQL to position %d (%d additions, %d removals)",
-                 live.row.tenant, live.row.name, last, len(seqs), len(removed))
-        return Write(last, removed, seqs, vectors, [docs[s].text if s in docs else None for s in seqs.tolist()])

@@ -75,6 +75,7 @@ class Apply(msgspec.Struct, tag=True, array_like=True):
     seqs: Array | None
     vectors: Array | None
     texts: list[str | None] | None
+    metas: list[dict[str, Any]] | None  # the Milvus backend stores them; FAISS does not need them
 
 
 class Open(msgspec.Struct, tag=True, array_like=True):

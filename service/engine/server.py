@@ -116,9 +116,9 @@ class EngineServer:
                 parsed = parse_filter(filter) if filter is not None else None
                 scores, seqs = await asyncio.to_thread(engine.keyword_search, collection, queries, k, parsed, filter)
                 return [p.Array.of(scores), p.Array.of(seqs)]
-            case p.Apply(collection, position, removed, seqs, vectors, texts):
+            case p.Apply(collection, position, removed, seqs, vectors, texts, metas):
                 write = Write(position, removed.numpy(), None if seqs is None else seqs.numpy(),
-                              None if vectors is None else vectors.numpy(), texts)
+                              None if vectors is None else vectors.numpy(), texts, metas)
                 return await asyncio.to_thread(engine.apply, collection, write)
             case p.Open(row):
                 return await engine.open_index(row)

@@ -299,7 +299,9 @@ class DocumentStore:
         if until is not None:
             removal_range.append(removals.c.position <= until)
             document_range.append(documents.c.seq <= until)
-        columns = [documents.c.seq, documents.c.vector] + ([documents.c.text, documents.c.meta] if documents_too else [])
+        columns = [documents.c.seq, documents.c.vector]
+        if documents_too:
+            columns += [documents.c.text, documents.c.meta]
         with self.engine.connect() as conn:
             removed = np.fromiter(conn.execute(select(removals.c.seq).where(*removal_range)).scalars(), dtype=np.int64)
             rows = conn.execute(select(*columns).where(*document_range)).all()

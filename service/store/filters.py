@@ -300,7 +300,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _merged(children: tuple[Filter, ...], one: str, many: str) -> list[Filter]:
+def merged(children: tuple[Filter, ...], one: str, many: str) -> list[Filter]:
     """The children, with the ``one``/``many`` comparisons of each field merged into one ``many``.
 
     An $or of ``$eq``/``$in`` on a field is the ``$in`` of all their values, and an $and of
@@ -313,12 +313,12 @@ def _merged(children: tuple[Filter, ...], one: str, many: str) -> list[Filter]:
             groups.setdefault(child.field, []).append(child)
         else:
             rest.append(child)
-    merged: list[Filter] = [
+    joined: list[Filter] = [
         group[0] if len(group) == 1
         else Compare(field, many, tuple(v for c in group for v in (c.value if c.op == many else (c.value,))))
         for field, group in groups.items()
     ]
-    return merged + rest
+    return joined + rest
 
 
 def _depth(node: Filter) -> int:
@@ -411,9 +411,9 @@ class _Dialect:
         if isinstance(node, Compare):
             return self.compare(node)
         if isinstance(node, And):
-            return self.chain(and_, _merged(node.children, "$ne", "$nin"))
+            return self.chain(and_, merged(node.children, "$ne", "$nin"))
         if isinstance(node, Or):
-            return self.chain(or_, _merged(node.children, "$eq", "$in"))
+            return self.chain(or_, merged(node.children, "$eq", "$in"))
         if isinstance(node, Not):
             return not_(self.build(node.child))
         raise TypeError(f"not a filter node: {node!r}")
