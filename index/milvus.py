@@ -87,6 +87,12 @@ def connect(uri: str, token: str, timeout: float) -> Any:
     """A client of the Milvus at ``uri``: a cluster's URL, or a path ending in .db for milvus-lite in-process."""
     from pymilvus import MilvusClient
 
+    for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer"):
+        # pymilvus logs every failed call, traceback and all, to a handler of its own; the caller reports them
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.CRITICAL)
     return MilvusClient(uri=uri, token=token, timeout=timeout)
 
 
@@ -97,6 +103,11 @@ def disconnect(client: Any, uri: str) -> None:
         from milvus_lite import server_manager_instance
 
         server_manager_instance.release_server(uri)
+
+
+def is_released(exc: Exception) -> bool:
+    """Whether a Milvus error says the collection is not loaded (Milvus restarted, say)."""
+    return getattr(exc, "code", None) == 101 or "load()" in str(exc)
 
 
 def is_missing_collection(exc: Exception) -> bool:
@@ -223,4 +234,4 @@ def _score(distance: float, field: str, l2: bool) -> float:
     return math.sqrt(max(distance, 0.0)) if l2 else distance
 
 
-__all__ = ["MilvusIndex", "MilvusType", "milvus_type", "connect", "disconnect", "is_missing_collection"]
+__all__ = ["MilvusIndex", "MilvusType", "milvus_type", "connect", "disconnect", "is_missing_collection", "is_released"]

@@ -35,8 +35,8 @@ class MilvusLiteServer(Process):
     """milvus-lite as a server of its own (``python -m milvus_lite server``) on a free loopback port: one Milvus
     that several service processes share, as they would share a cluster."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         super().__init__([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir),
                           "--port", str(self.port)], data_dir.parent / f"milvus-{self.port}.log", cwd=ROOT)

@@ -89,6 +89,24 @@ async def test_bad_collections_are_refused(client, body, status, param):
     assert_error(await client.post("/v1/collections", json=body), status, param=param)
 
 
+async def test_index_types_without_a_milvus_equivalent_are_400_on_milvus(client):
+    """FAISS strings Milvus has no index for are refused at creation on the Milvus backend, and nothing is left."""
+    milvus = client.app.state.services.engine.snapshots is None
+    for name, index in [("hsq", "HNSW32,SQ8"), ("pq", "PQ4"), ("opq", "OPQ4,IVF8,PQ4")]:
+        response = await client.post("/v1/collections", json={"name": name, "dimension": 8, "index": index})
+        if milvus:
+            assert_error(response, 400, param="index")
+            assert "no Milvus equivalent" in response.json()["error"]["message"]
+        else:
+            assert response.status_code == 201, response.text
+    for name, index in [("ivf", "IVF8"), ("sq8", "IVF8,SQ8"), ("ivfpq", "IVF8,PQ4x8")]:
+        await make(client, name, dimension=8, index=index)
+        await upsert(client, name, [{"id": str(i), "vector": v.tolist()} for i, v in enumerate(rng_vectors(20, 8))])
+        assert (await search(client, name, vector=rng_vectors(1, 8)[0].tolist(), top_k=3))["data"]
+    listed = {c["name"] for c in (await client.get("/v1/collections")).json()["data"]}
+    assert listed == ({"ivf", "sq8", "ivfpq"} if milvus else {"hsq", "pq", "opq", "ivf", "sq8", "ivfpq"})
+
+
 async def test_duplicate_name_is_409(client):
     await make(client, "dup", dimension=4)
     assert_error(await client.post("/v1/collections", json={"name": "dup", "dimension": 4}), 409, param="name")

@@ -1,7 +1,11 @@
-"""Two stateless fronts: two service processes (separate data dirs) sharing one PostgreSQL and one Milvus (a
-milvus-lite server of its own), as behind a load balancer. A write acknowledged by either is searchable
-through the other at once; concurrent writes through both leave Milvus exactly as SQL has it; a collection
-made, or deleted, through one is seen so by the other."""
+"""The Milvus backend past one process, with milvus-lite as a server of its own.
+
+Two stateless fronts: two service processes (separate data dirs) sharing one PostgreSQL and one Milvus, as
+behind a load balancer. A write acknowledged by either is searchable through the other at once; concurrent
+writes through both leave Milvus exactly as SQL has it; a collection made, or deleted, through one is seen
+so by the other. And Milvus going away: writes stay acknowledged (they are in SQL), searches answer 503
+until it is back, then find them; a front started while Milvus is down serves once it is up; a Milvus that
+lost a collection gets it back from SQL."""
 
 from __future__ import annotations
 
@@ -116,3 +120,57 @@ def check_concurrent_writes(a: httpx.Client, b: httpx.Client) -> None:
         found = client.post("/v1/collections/vectors/search",
                             json={"vectors": [d["vector"] for d in stored], "top_k": 1}).json()
         assert [hits[0]["id"] for hits in found["data"]] == [d["id"] for d in stored]
+
+
+def search_when_back(client: httpx.Client, body: dict, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.post("/v1/collections/c/search", json=body)
+        if response.status_code == 200 or time.monotonic() > deadline:
+            assert response.status_code == 200, response.text
+            return response.json()
+        assert response.status_code == 503 and response.json()["error"]["code"] == "vector_backend_unavailable"
+        time.sleep(0.5)
+
+
+def test_milvus_outages_lose_no_acknowledged_write(tmp_path: Path, models_file: Path) -> None:
+    milvus = MilvusLiteServer(tmp_path / "milvus").start()
+    env = {"EMBEDSEARCH_API_KEY": API_KEY, "EMBEDSEARCH_MODELS": "tiny", "EMBEDSEARCH_MODELS_FILE": str(models_file),
+           "EMBEDSEARCH_WORKERS": "1", "EMBEDSEARCH_VECTOR_BACKEND": "milvus", "EMBEDSEARCH_MILVUS_URI": milvus.uri,
+           "EMBEDSEARCH_ENGINE_DEADLINE_SECONDS": "2", "EMBEDSEARCH_SNAPSHOT_SECONDS": "1"}
+    front = ServerProcess(tmp_path / "front", env)
+    try:
+        front.start()
+        client = httpx.Client(base_url=front.url, headers=AUTH, timeout=60)
+        assert client.post("/v1/collections", json={"name": "c", "dimension": 2}).status_code == 201
+        docs = [{"id": "a", "vector": [1, 0]}, {"id": "b", "vector": [0, 1]}]
+        assert client.post("/v1/collections/c/documents", json={"documents": docs}).status_code == 200
+
+        milvus.stop()  # Milvus goes away: a write is still acknowledged (it is in SQL), a search is a 503
+        assert client.post("/v1/collections/c/documents", json={"documents": [
+            {"id": "c", "vector": [1, 1]}]}).status_code == 200
+        response = client.post("/v1/collections/c/search", json={"vector": [1, 1], "top_k": 1})
+        assert response.status_code == 503 and response.headers["retry-after"] == "5"
+        milvus = MilvusLiteServer(tmp_path / "milvus", milvus.port).start()
+        assert search_when_back(client, {"vector": [1, 1], "top_k": 1})["data"][0]["id"] == "c"
+
+        assert front.stop() == 0
+        milvus.stop()  # a front that starts while Milvus is down: ready, its searches 503 until Milvus is up
+        front.start()
+        assert client.post("/v1/collections/c/search", json={"vector": [1, 0], "top_k": 1}).status_code == 503
+        milvus = MilvusLiteServer(tmp_path / "milvus", milvus.port).start()
+        assert search_when_back(client, {"vector": [1, 0], "top_k": 1})["data"][0]["id"] == "a"
+
+        assert front.stop() == 0  # a Milvus that lost the collection: the next start fills it again from SQL
+        from pymilvus import MilvusClient
+
+        MilvusClient(milvus.uri).drop_collection("embedsearch_1")
+        front.start()
+        info = client.get("/v1/collections/c").json()
+        assert info["count"] == info["indexed"] == 3
+        found = client.post("/v1/collections/c/search", json={"vectors": [[1, 0], [0, 1], [1, 1]], "top_k": 1}).json()
+        assert [hits[0]["id"] for hits in found["data"]] == ["a", "b", "c"]
+        assert front.stop() == 0
+    finally:
+        front.kill()
+        milvus.stop()

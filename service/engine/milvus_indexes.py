@@ -32,7 +32,7 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 
 from index import Tuning, VectorIndex
-from index.milvus import MilvusIndex, connect, disconnect, is_missing_collection, milvus_type
+from index.milvus import MilvusIndex, connect, disconnect, is_missing_collection, is_released, milvus_type
 from service.engine.indexes import Write, committed_since
 from service.engine.milvus_filters import compile_milvus, milvus_metadata
 from service.engine.protocol import IndexStats
@@ -58,7 +58,7 @@ def _unreachable(exc: Exception) -> Unavailable:
 @dataclass(eq=False)
 class MilvusLive:
     row: CollectionRow
-    index: MilvusIndex
+    index: MilvusIndex | None = None  # None until Milvus has been reached (it may be down when this server starts)
     lock: RWLock = field(default_factory=RWLock)  # this server's writes to it, one at a time
     behind: bool = False  # a committed write has not reached Milvus yet
     count: int = 0
@@ -74,7 +74,6 @@ class MilvusIndexes:
         self.deadline = deadline
         self._client: Any = None
         self._live: dict[int, MilvusLive] = {}
-        self._failed: dict[int, str] = {}
         self._registering = threading.Lock()
 
     @property
@@ -96,26 +95,33 @@ class MilvusIndexes:
 
     # -- which collections -------------------------------------------------------------------
     def open(self, row: CollectionRow) -> None:
-        """Find (or make) ``row``'s Milvus collection and catch it up with SQL, or fail that collection alone."""
+        """Find (or make) ``row``'s Milvus collection and catch it up with SQL. If Milvus cannot be reached now,
+        the collection is opened behind: its next search (or the periodic catch-up) tries again."""
         with self._registering:
-            if row.id in self._live or row.id in self._failed:
+            if row.id in self._live:
                 return
+            live = self._live[row.id] = MilvusLive(row, behind=True)
         try:
-            live = MilvusLive(row, self._index(row))
-            made = not live.index.exists()
-            if made:  # a Milvus that lost it, or never had it: it is filled from SQL
-                live.index.create()
-            else:
-                live.index.load()
-            self._catch_up(live, restart=made)
+            self._catch_up(live)
         except Exception as exc:
-            log.exception("collection %s/%s (id %d) could not be opened on Milvus; it answers 503 until it is deleted",
-                          row.tenant, row.name, row.id)
-            with self._registering:
-                self._failed[row.id] = f"{type(exc).__name__}: {exc}"
-            return
-        with self._registering:
-            self._live[row.id] = live
+            log.warning("collection %s/%s (id %d): Milvus could not be reached (%s: %s); it is caught up once it can",
+                        row.tenant, row.name, row.id, type(exc).__name__, exc)
+
+    def _attach(self, live: MilvusLive) -> bool:
+        """Find or make the collection's Milvus collection, loaded for searches; whether it was made afresh (a
+        Milvus that lost it, or never had it: it is filled from SQL). Under the collection's lock."""
+        if live.index is not None:
+            return False
+        index = self._index(live.row)
+        made = not index.exists()
+        if made:
+            if self.store.last_position(live.row.id) is None:
+                raise IndexGone(live.row.id)  # deleted through another server: nothing to make
+            index.create()
+        else:
+            index.load()
+        live.index = index
+        return made
 
     def check(self, dimension: int, metric: str, factory: str) -> None:
         """ValueError unless that index can be made (the factory's own bounds, then a Milvus equivalent)."""
@@ -138,7 +144,6 @@ class MilvusIndexes:
     def drop(self, collection_id: int) -> None:
         with self._registering:
             live = self._live.pop(collection_id, None)
-            self._failed.pop(collection_id, None)
         index = live.index if live is not None else None
         try:
             if index is not None:
@@ -149,10 +154,11 @@ class MilvusIndexes:
             log.exception("dropping Milvus collection %s failed", collection_name(collection_id))
 
     def state(self, collection_id: int) -> str | None:
-        return "ready" if collection_id in self._live else "failed" if collection_id in self._failed else None
+        return "ready" if collection_id in self._live else None
 
     def failed(self) -> list[int]:
-        return sorted(self._failed)
+        """None: a collection Milvus cannot serve now answers 503 until it can, then serves."""
+        return []
 
     def _get(self, collection_id: int) -> MilvusLive:
         live = self._live.get(collection_id)
@@ -172,7 +178,13 @@ class MilvusIndexes:
             if live.behind:
                 with live.lock.write(self.deadline):
                     self._apply(live, None)
-            return read()
+            try:
+                return read()
+            except Exception as exc:
+                if not is_released(exc):
+                    raise
+                live.index.load()  # Milvus restarted since this server loaded the collection
+                return read()
         except ServiceError:
             raise
         except Exception as exc:
@@ -184,19 +196,21 @@ class MilvusIndexes:
     # -- searches and writes -----------------------------------------------------------------
     def indexed(self, collection_id: int) -> int:
         live = self._get(collection_id)
-        live.count = self._reading(live, live.index.count)
+        live.count = self._reading(live, lambda: live.index.count())
         live.counted = time.monotonic()
         return live.count
 
     def search(self, collection_id: int, queries: np.ndarray, k: int, filter: Filter | None = None,
                filter_json: object = None) -> tuple[np.ndarray, np.ndarray]:
         live = self._get(collection_id)
-        return self._reading(live, lambda: live.index.search(queries, k, self._expression(live, filter)))
+        expression = self._expression(live, filter)
+        return self._reading(live, lambda: live.index.search(queries, k, expression))
 
     def keyword_search(self, collection_id: int, queries: list[str], k: int, filter: Filter | None = None,
                        filter_json: object = None) -> tuple[np.ndarray, np.ndarray]:
         live = self._get(collection_id)
-        return self._reading(live, lambda: live.index.keyword_search(queries, k, self._expression(live, filter)))
+        expression = self._expression(live, filter)
+        return self._reading(live, lambda: live.index.keyword_search(queries, k, expression))
 
     def _expression(self, live: MilvusLive, filter: Filter | None) -> str:
         """``filter`` as a Milvus expression: compiled where Milvus means the same, else the seqs SQL finds."""
@@ -224,10 +238,11 @@ class MilvusIndexes:
                 log.warning("collection %s/%s: a committed write did not reach Milvus (%s: %s); it is applied "
                             "before the next search", live.row.tenant, live.row.name, type(exc).__name__, exc)
 
-    def _apply(self, live: MilvusLive, write: Write | None, restart: bool = False) -> int:
+    def _apply(self, live: MilvusLive, write: Write | None) -> int:
         """Under the recorded position's lock: apply ``write`` if it follows that position, else everything
-        committed since it (from position 0 with ``restart``: a Milvus collection made afresh). Returns the
-        position recorded now."""
+        committed since it (since position 0 into a Milvus collection made afresh). Returns the position
+        recorded now. Under the collection's lock."""
+        restart = self._attach(live)
         try:
             with self.store.index_position(live.row.id) as at:
                 if restart:
@@ -246,9 +261,9 @@ class MilvusIndexes:
         live.behind = False
         return at.position
 
-    def _catch_up(self, live: MilvusLive, restart: bool = False) -> None:
+    def _catch_up(self, live: MilvusLive) -> None:
         with live.lock.write(self.deadline):
-            position = self._apply(live, None, restart)
+            position = self._apply(live, None)
         self.store.prune_removals(live.row.id, position)
 
     def catch_up_all(self) -> None:
@@ -257,6 +272,8 @@ class MilvusIndexes:
         for live in list(self._live.values()):
             try:
                 self._catch_up(live)
+            except IndexGone:
+                self._gone(live)  # deleted through another server
             except Exception as exc:
                 log.warning("collection %s/%s: catching up with Milvus failed (%s: %s)", live.row.tenant,
                             live.row.name, type(exc).__name__, exc)
@@ -265,7 +282,7 @@ class MilvusIndexes:
         """Each collection's vector count (refreshed at most every COUNT_SECONDS) for /metrics."""
         stats = []
         for live in sorted(self._live.values(), key=lambda x: x.row.id):
-            if time.monotonic() - live.counted > COUNT_SECONDS:
+            if live.index is not None and time.monotonic() - live.counted > COUNT_SECONDS:
                 try:
                     self.indexed(live.row.id)
                 except ServiceError:
