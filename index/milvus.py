@@ -61,7 +61,7 @@ _SUPPORTED = (
     (re.compile(r"Flat"), lambda m, t: MilvusType("FLAT", {})),
     (re.compile(r"HNSW(\d+)(?:,Flat)?"), lambda m, t: MilvusType(
         "HNSW", {"M": int(m[1]), "efConstruction": t.ef_construction})),
-    (re.compile(r"IVF(\d+)(?:,Flat)?"), lambda m, t: MilvusType("IVF_FLAT", {"nlist": int(m[1])})),
+    (re.compile(r"IVF(\d+),Flat"), lambda m, t: MilvusType("IVF_FLAT", {"nlist": int(m[1])})),
     (re.compile(r"IVF(\d+),SQ8"), lambda m, t: MilvusType("IVF_SQ8", {"nlist": int(m[1])})),
     (re.compile(r"IVF(\d+),PQ(\d+)(?:x(\d+))?"), lambda m, t: MilvusType(
         "IVF_PQ", {"nlist": int(m[1]), "m": int(m[2]), "nbits": int(m[3] or 8)})),
@@ -80,7 +80,7 @@ def milvus_type(factory: str, dimension: int, tuning: Tuning) -> MilvusType:
                                  f"{kind.params['m']}, not {dimension}")
             return kind
     raise ValueError(f"{factory!r} has no Milvus equivalent on this server's vector backend (milvus); use "
-                     "Flat, HNSW<M>, IVF<lists>, IVF<lists>,SQ8 or IVF<lists>,PQ<m>[x<bits>]")
+                     "Flat, HNSW<M>, IVF<lists>,Flat, IVF<lists>,SQ8 or IVF<lists>,PQ<m>[x<bits>]")
 
 
 def connect(uri: str, token: str, timeout: float) -> Any:

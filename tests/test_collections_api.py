@@ -99,7 +99,7 @@ async def test_index_types_without_a_milvus_equivalent_are_400_on_milvus(client)
             assert "no Milvus equivalent" in response.json()["error"]["message"]
         else:
             assert response.status_code == 201, response.text
-    for name, index in [("ivf", "IVF8"), ("sq8", "IVF8,SQ8"), ("ivfpq", "IVF8,PQ4x8")]:
+    for name, index in [("ivf", "IVF8,Flat"), ("sq8", "IVF8,SQ8"), ("ivfpq", "IVF8,PQ4x8")]:
         await make(client, name, dimension=8, index=index)
         await upsert(client, name, [{"id": str(i), "vector": v.tolist()} for i, v in enumerate(rng_vectors(20, 8))])
         assert (await search(client, name, vector=rng_vectors(1, 8)[0].tolist(), top_k=3))["data"]
