@@ -112,7 +112,7 @@ def is_released(exc: Exception) -> bool:
 
 def is_missing_collection(exc: Exception) -> bool:
     """Whether a Milvus error says the collection does not exist (dropped by another server)."""
-    return getattr(exc, "code", None) == 100 or "not exist" in str(exc) or "not found" in str(exc)
+    return getattr(exc, "code", None) == 100 or "does not exist" in str(exc)
 
 
 def _text(text: str | None) -> str:
@@ -123,7 +123,7 @@ def _text(text: str | None) -> str:
 
 
 class MilvusIndex:
-    """The Milvus collection ``name``: made by :meth:`create` (or found there by :meth:`open`)."""
+    """The Milvus collection ``name``: made by :meth:`create`, or found there (:meth:`exists`) and :meth:`load`-ed."""
 
     def __init__(self, client: Any, name: str, dimension: int, metric: str, factory: str, tuning: Tuning,
                  timeout: float) -> None:

@@ -73,7 +73,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_write(tmp_path: Path, models_f
     server = ServerProcess(tmp_path / "data", env).start()
     try:
         httpx.post(server.url + "/v1/collections", json={"name": "c", "dimension": DIM, "index": index},
-                   headers=AUTH).raise_for_status()
+                   headers=AUTH, timeout=30).raise_for_status()
         acked: dict[str, list[float]] = {}
         deleted: set[str] = set()
         in_flight: dict[str, list[float] | None] = {}

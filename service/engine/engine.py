@@ -60,6 +60,8 @@ class Engine:
         self.models.start()
         if self.snapshots is not None:
             self.indexes.directory.mkdir(parents=True, exist_ok=True)
+        else:
+            await asyncio.to_thread(self.indexes.connect)
         for row in await asyncio.to_thread(self.indexes.store.all_collections):
             await asyncio.to_thread(self.indexes.open, row)
         if self.snapshots is not None:
@@ -69,7 +71,8 @@ class Engine:
     async def _maintain(self) -> None:
         if self.snapshots is not None:
             await self.snapshots.run(self._interval)
-        while True:
+            return
+        while True:  # Milvus: catch up with what servers that died between commit and Milvus left behind
             await asyncio.sleep(self._interval)
             await asyncio.to_thread(self.indexes.catch_up_all)
 

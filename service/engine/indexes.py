@@ -143,9 +143,6 @@ class Indexes:
     def live(self) -> list[LiveIndex]:
         return list(self._live.values())
 
-    def catch_up_all(self) -> None:
-        """Nothing to do: these indexes are only written by this engine (Snapshots keep their files)."""
-
     def close(self) -> None:
         """Nothing to release: the snapshots are written by then."""
 

@@ -83,6 +83,14 @@ class MilvusIndexes:
                 self._client = connect(self.uri, self.token, self.deadline)
             return self._client
 
+    def connect(self) -> None:
+        """Reach Milvus now, at start (for milvus-lite: start it), so that the first request does not wait for
+        it; if it cannot be reached, every collection catches up once it can."""
+        try:
+            self.client
+        except Exception as exc:
+            log.warning("Milvus at %s could not be reached (%s: %s); retrying on use", self.uri, type(exc).__name__, exc)
+
     def close(self) -> None:
         with self._registering:
             client, self._client = self._client, None
