@@ -137,8 +137,8 @@ class MilvusIndexes:
         milvus_type(factory, dimension, self.tuning)
 
     def create(self, row: CollectionRow) -> None:
-        live = MilvusLive(row, self._index(row))
         try:
+            live = MilvusLive(row, self._index(row))  # connecting may fail too: the same 503
             if live.index.exists():  # left by an earlier deployment's collection of the same id
                 live.index.drop()
             live.index.create()
