@@ -67,6 +67,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # HTTP worker processes, all feeding one engine process (models and indexes); 0 runs everything in
     # one process. Unset: half the CPU cores, 1 to 8.
     workers: Annotated[int, msgspec.Meta(ge=0, le=256)] | None = None
+    # Collections one tenant may hold (0 = no limit): past it, creating one is a 403 collection_quota_exceeded.
+    max_collections: Annotated[int, msgspec.Meta(ge=0)] = 1000
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
     # Per-API-key token bucket: average requests per second (0 = no limit) and burst (0 = one second's worth).

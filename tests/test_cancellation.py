@@ -161,8 +161,8 @@ async def test_a_cancelled_create_or_delete_still_finishes_its_bookkeeping(setti
         in_sql, release = asyncio.Event(), asyncio.Event()
         real = getattr(store, method)
 
-        def gated(*args):
-            result = real(*args)
+        def gated(*args, **kwargs):
+            result = real(*args, **kwargs)
             loop.call_soon_threadsafe(in_sql.set)
             asyncio.run_coroutine_threadsafe(release.wait(), loop).result(10)
             return result

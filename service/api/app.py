@@ -69,25 +69,26 @@ class Services:
     health: Health
 
 
-def build(settings: Settings, registry: Registry, database: Database, engine_address: str | None = None) -> Services:
-    """Every part, wired: store -> engine -> domain. With ``engine_address`` (an HTTP worker's), the engine is
-    the engine process listening there; else it runs in this process."""
+def build(settings: Settings, registry: Registry, database: Database,
+          engine_process: tuple[str, bytes] | None = None) -> Services:
+    """Every part, wired: store -> engine -> domain. With ``engine_process`` (an HTTP worker's: its address and
+    this start's secret), the engine is the engine process listening there; else it runs in this process."""
     store = DocumentStore(database)
     keys = KeyStore(database)
     engine: Engine | EngineClient
-    if engine_address is None:
+    if engine_process is None:
         from service.engine.engine import Engine  # torch and the models: never imported by an HTTP worker
 
         engine = Engine(settings, registry, store)
     else:
-        engine = EngineClient(settings, registry, engine_address)
+        engine = EngineClient(settings, registry, *engine_process)
     embeddings = Embeddings(engine, max_inputs=settings.max_inputs, max_request_tokens=settings.max_request_tokens,
                             truncate=settings.truncate)
-    collections = Collections(store, engine, embeddings)
+    collections = Collections(store, engine, embeddings, quota=settings.max_collections or None)
     documents = Documents(store, engine, collections, embeddings)
     return Services(settings, database, keys, engine, Keys(keys, settings.api_key), embeddings, collections,
                     documents, Search(store, engine, collections, documents),
-                    Health(engine, database, 0 if engine_address is None else settings.http_workers))
+                    Health(engine, database, 0 if engine_process is None else settings.http_workers))
 
 
 def ensure_admin_key(keys: KeyStore, settings: Settings) -> str | None:
@@ -104,19 +105,20 @@ def ensure_admin_key(keys: KeyStore, settings: Settings) -> str | None:
     return key
 
 
-def create_app(settings: Settings, registry: Registry | None = None, engine_address: str | None = None) -> Litestar:
-    """The HTTP app; with ``engine_address``, an HTTP worker's (service/supervisor.py has migrated the database
-    and made the first key), reaching the engine process there."""
+def create_app(settings: Settings, registry: Registry | None = None,
+               engine_process: tuple[str, bytes] | None = None) -> Litestar:
+    """The HTTP app; with ``engine_process`` (an address and a secret), an HTTP worker's (service/supervisor.py
+    has migrated the database and made the first key), reaching the engine process there."""
     registry = registry or Registry.load(settings.models_file)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         database = make_engine(settings.sqlalchemy_url)
-        if engine_address is None:
+        if engine_process is None:
             migrate.upgrade(database)
-        services = build(settings, registry, database, engine_address)
-        if engine_address is None:
+        services = build(settings, registry, database, engine_process)
+        if engine_process is None:
             ensure_admin_key(services.keys, settings)
         await services.engine.start()
         app.state.authenticator = services.authenticator
@@ -128,7 +130,7 @@ def create_app(settings: Settings, registry: Registry | None = None, engine_addr
             database.dispose()
 
     # Per-key token buckets, owned by this app; each HTTP worker holds its share of the rate.
-    limiter = RateLimiter.from_settings(settings, 1 if engine_address is None else settings.http_workers)
+    limiter = RateLimiter.from_settings(settings, 1 if engine_process is None else settings.http_workers)
     app = Litestar(
         route_handlers=[EmbeddingsController, ModelsController, CollectionsController, KeysController, health, ready,
                         metrics_endpoint],

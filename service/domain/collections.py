@@ -1,24 +1,41 @@
 """Collections: a tenant's named sets of documents, their definitions and the order of their writes.
 
-The registry knows each collection's SQL row (its definition) and keeps one write lock per collection,
-which service/domain/documents.py holds across a commit and its index write, so that the engine is
-handed writes in write-log order. The engine owns the index; a collection whose index could not be
-opened (service/engine/indexes.py) is *failed*: every request to it is a 503 but its deletion.
-Collections made behind the server's back (``python -m service restore``) are opened on first use.
+SQL's ``collections`` table is the one authority on which collections exist; an HTTP worker's copy of a
+row is a cache. The registry keeps each collection's row by (tenant, name), and one write lock per
+collection, which service/domain/documents.py holds across a commit and its index write, so that the
+engine is handed writes in write-log order.
+
+How the cache stays right across processes: ids are never handed out twice (service/store/documents.py),
+so a cached row is exact for as long as its collection exists, and every use of it proves that it still
+does: each SQL read and write by its id raises CollectionDeleted, and each engine call IndexGone, once it
+is gone. Either one drops the cached row, and :meth:`Collections.using` looks the name up again in SQL
+and runs the request once more, on the collection that exists under that name now (or answers 404). So
+a collection deleted, or deleted and made again, through another worker (or another server sharing the
+database) is never answered for from a stale view, and a 200 for a delete means it is gone for all.
+
+The engine owns the index; a collection whose index could not be opened (service/engine/indexes.py) is
+*failed*: every request to it is a 503 but its deletion. Collections made behind the server's back
+(``python -m service restore``) are opened on first use.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from service.domain import validation
 from service.domain.embeddings import Embeddings
-from service.errors import Conflict, InvalidRequest, NotFound, Unavailable
-from service.store.documents import CollectionRow, DocumentStore, DuplicateCollection
+from service.errors import Conflict, Forbidden, IndexGone, InvalidRequest, NotFound, Unavailable
+from service.store.documents import (
+    CollectionDeleted,
+    CollectionRow,
+    DocumentStore,
+    DuplicateCollection,
+    TooManyCollections,
+)
 
 if TYPE_CHECKING:
     from service.engine.engine import Engine
@@ -60,47 +77,65 @@ def _unavailable(name: str) -> Unavailable:
 
 
 class Collections:
-    def __init__(self, store: DocumentStore, engine: Engine, embeddings: Embeddings) -> None:
+    def __init__(self, store: DocumentStore, engine: Engine, embeddings: Embeddings, *,
+                 quota: int | None = None) -> None:
         self.store = store
         self.engine = engine
         self.embeddings = embeddings
+        self.quota = quota  # collections per tenant (None: no limit)
         self._rows: dict[tuple[str, str], CollectionRow] = {}
         self._writes: dict[int, asyncio.Lock] = {}
         self._admin = asyncio.Lock()  # create, open, delete
 
-    async def get(self, tenant: str, name: str) -> CollectionRow:
-        """The collection, ready for searches and writes (NotFound; Unavailable if it failed)."""
-        row = await self._row(tenant, name)
-        state = await self.engine.index_state(row.id)
-        if state is None:  # dropped by another HTTP worker since this one cached the row: look again
-            if self._rows.get((tenant, name)) is row:
-                del self._rows[(tenant, name)]
-            row = await self._row(tenant, name)
-            state = await self.engine.index_state(row.id)
-        if state != "ready":
-            raise _unavailable(name)
-        return row
+    async def using(self, tenant: str, name: str, work: Callable[[CollectionRow], Awaitable[T]]) -> T:
+        """``work(row)`` on the collection ``name``, ready for searches and writes (NotFound; Unavailable if it
+        failed). If the row proves stale on the way (CollectionDeleted from SQL, IndexGone from the engine), it
+        is looked up again and ``work`` runs once more, on the collection that has that name now."""
+        for attempt in (1, 2):
+            row = await self.get(tenant, name)
+            try:
+                return await work(row)
+            except CollectionDeleted:
+                self._forget(row)
+                if attempt == 2:
+                    raise not_found(name) from None
+            except IndexGone:
+                self._forget(row)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
-    async def _row(self, tenant: str, name: str) -> CollectionRow:
+    async def get(self, tenant: str, name: str) -> CollectionRow:
+        """The collection named so, ready for searches and writes (NotFound; Unavailable if it failed), from the
+        cache if it holds it (see ``using`` for when it proves stale)."""
         row = self._rows.get((tenant, name))
         if row is None:
             row = await asyncio.to_thread(self.store.get_collection, tenant, name)
             if row is None:
                 raise not_found(name)
-            async with self._admin:
-                if await self.engine.index_state(row.id) is None:  # made behind the server's back: open it now
-                    await self.engine.open_index(row)
-                self._rows[(tenant, name)] = row
+        if await self._state(row) != "ready":
+            raise _unavailable(name)
+        self._rows[(tenant, name)] = row
         return row
+
+    async def _state(self, row: CollectionRow) -> str:
+        """The state of ``row``'s index, opened first if the engine has not (made behind the server's back);
+        IndexGone if the engine finds no such collection in SQL."""
+        state = await self.engine.index_state(row.id)
+        if state is None:
+            async with self._admin:
+                await self.engine.open_index(row.id)
+            state = await self.engine.index_state(row.id)
+        return state or "failed"
+
+    def _forget(self, row: CollectionRow) -> None:
+        if self._rows.get((row.tenant, row.name)) == row:
+            del self._rows[(row.tenant, row.name)]
+        self._writes.pop(row.id, None)
 
     def write_lock(self, row: CollectionRow) -> asyncio.Lock:
         """Held across each write's SQL commit and index update: one write at a time, in write-log order."""
         return self._writes.setdefault(row.id, asyncio.Lock())
-
-    def check_current(self, row: CollectionRow) -> None:
-        """NotFound if ``row``'s collection was deleted (say while a write waited for its lock)."""
-        if self._rows.get((row.tenant, row.name)) is not row:
-            raise not_found(row.name)
 
     async def create(self, tenant: str, name: str, *, model: str | None, dimension: int | None, metric: str,
                      index: str) -> CollectionInfo:
@@ -128,12 +163,16 @@ class Collections:
     async def _register(self, tenant: str, name: str, *args: Any) -> CollectionRow:
         async with self._admin:
             try:
-                row = await asyncio.to_thread(self.store.create_collection, tenant, name, *args)
+                row = await asyncio.to_thread(self.store.create_collection, tenant, name, *args, quota=self.quota)
             except DuplicateCollection:
                 raise Conflict(f"A collection named `{name}` already exists.", param="name",
                                code="collection_exists") from None
+            except TooManyCollections:
+                raise Forbidden(f"This tenant holds {self.quota} collections, its quota "
+                                "(EMBEDSEARCH_MAX_COLLECTIONS): delete one first.", param="name",
+                                code="collection_quota_exceeded") from None
             try:
-                await self.engine.create_index(row)
+                await self.engine.create_index(row.id)
             except BaseException:  # no index (Milvus refused it, say): no collection either
                 await asyncio.to_thread(self.store.delete_collection, row.id)
                 raise
@@ -141,20 +180,27 @@ class Collections:
         return row
 
     async def describe(self, tenant: str, name: str) -> CollectionInfo:
-        return await self._info(await self.get(tenant, name))
+        return await self.using(tenant, name, self._info)
 
-    async def list(self, tenant: str) -> list[CollectionInfo]:
-        rows = await asyncio.to_thread(self.store.all_collections, tenant)
+    async def list(self, tenant: str, *, after: str | None = None, limit: int = validation.MAX_PAGE,
+                   ) -> tuple[list[CollectionInfo], bool]:
+        """The tenant's collections by name after ``after``, at most ``limit``, as SQL has them now: (page,
+        has_more)."""
+        if not 1 <= limit <= validation.MAX_PAGE:
+            raise InvalidRequest(f"limit must be between 1 and {validation.MAX_PAGE}.", param="limit")
+        rows = await asyncio.to_thread(self.store.all_collections, tenant, after=after, limit=limit + 1)
         infos = []
-        for row in sorted(rows, key=lambda r: r.name):
+        for row in rows[:limit]:
             try:
-                infos.append(await self._info(await self._row(tenant, row.name)))
-            except NotFound:  # deleted meanwhile
-                pass
-        return infos
+                infos.append(await self._info(row))
+            except (CollectionDeleted, IndexGone):  # deleted meanwhile
+                self._forget(row)
+                continue
+            self._rows[(tenant, row.name)] = row
+        return infos, len(rows) > limit
 
     async def _info(self, row: CollectionRow) -> CollectionInfo:
-        ready = await self.engine.index_state(row.id) == "ready"
+        ready = await self._state(row) == "ready"
 
         def counts() -> tuple[int, int]:
             return self.store.count(row.id), self.engine.indexed(row.id) if ready else 0
@@ -166,13 +212,22 @@ class Collections:
 
     async def delete(self, tenant: str, name: str) -> None:
         """Delete a collection, its documents and its index (a failed one too: the way out for it)."""
-        await to_the_end(self._drop(tenant, name))
+        await to_the_end(self._deleting(tenant, name))
 
-    async def _drop(self, tenant: str, name: str) -> None:
-        row = await self._row(tenant, name)
+    async def _deleting(self, tenant: str, name: str) -> None:
+        for attempt in (1, 2):
+            row = self._rows.get((tenant, name)) or await asyncio.to_thread(self.store.get_collection, tenant, name)
+            if row is None:
+                raise not_found(name)
+            try:
+                await self._drop(row)
+                return
+            except CollectionDeleted:  # through another worker: the name may hold a new collection now
+                self._forget(row)
+        raise not_found(name)
+
+    async def _drop(self, row: CollectionRow) -> None:
         async with self._admin, self.write_lock(row):
-            self.check_current(row)
             await asyncio.to_thread(self.store.delete_collection, row.id)
+            self._forget(row)
             await self.engine.drop_index(row.id)
-            del self._rows[(tenant, name)]
-            self._writes.pop(row.id, None)

@@ -11,23 +11,25 @@ the client goes away. The index on disk is a snapshot tagged with the write-log 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from service.domain import validation
-from service.domain.collections import Collections, not_found, to_the_end
+from service.domain.collections import Collections, to_the_end
 from service.domain.embeddings import Embeddings, truncate_dimensions
 from service.engine.indexes import Write
-from service.errors import InvalidRequest, NotFound
-from service.store.documents import CollectionDeleted, CollectionRow, DocumentStore, NewDocument, StoredDocument
+from service.errors import IndexGone, InvalidRequest, NotFound, Unavailable
+from service.store.documents import CollectionRow, DocumentStore, NewDocument, StoredDocument
 from service.store.filters import parse_filter
 
 if TYPE_CHECKING:
     from service.engine.engine import Engine
 
 T = TypeVar("T")
+log = logging.getLogger("service.documents")
 
 
 def _no_document(doc_id: str, name: str) -> NotFound:
@@ -56,7 +58,9 @@ class Documents:
     async def upsert(self, tenant: str, name: str,
                      items: Sequence[validation.DocumentInput]) -> tuple[list[str], int]:
         """Insert or replace documents, all or nothing: (their ids, tokens embedded)."""
-        row = await self.collections.get(tenant, name)
+        return await self.collections.using(tenant, name, lambda row: self._upsert(row, items))
+
+    async def _upsert(self, row: CollectionRow, items: Sequence[validation.DocumentInput]) -> tuple[list[str], int]:
         docs = validation.documents(items, row)
         tokens = 0
         to_embed = [i for i, d in enumerate(docs) if d.vector is None]
@@ -74,14 +78,12 @@ class Documents:
         return Write(int(seqs[-1]), replaced, seqs, vectors, [d.text for d in docs], [d.metadata for d in docs]), None
 
     async def delete(self, tenant: str, name: str, doc_id: str) -> None:
-        row = await self.collections.get(tenant, name)
         validation.check_text(doc_id, "id", param="id")
-        if await self._delete(row, [doc_id], None) == 0:
+        if await self.collections.using(tenant, name, lambda row: self._delete(row, [doc_id], None)) == 0:
             raise _no_document(doc_id, name)
 
     async def delete_many(self, tenant: str, name: str, ids: list[str] | None, filter: object) -> int:
         """Delete the documents with these ids, or matching this filter, or both (ids that also match)."""
-        row = await self.collections.get(tenant, name)
         if ids is None and filter is None:
             raise InvalidRequest("Give ids, a filter, or both (`\"filter\": {}` deletes every document).",
                                  param="ids")
@@ -90,7 +92,8 @@ class Documents:
                 raise InvalidRequest(f"At most {validation.MAX_DELETE_IDS} ids per call.", param="ids")
             for i, doc_id in enumerate(ids):
                 validation.check_text(doc_id, f"ids[{i}]", param="ids")
-        return await self._delete(row, ids, parse_filter(filter) if filter is not None else None)
+        parsed = parse_filter(filter) if filter is not None else None
+        return await self.collections.using(tenant, name, lambda row: self._delete(row, ids, parsed))
 
     async def _delete(self, row: CollectionRow, ids: list[str] | None, filter: object) -> int:
         def delete_now() -> tuple[Write | None, int]:
@@ -101,32 +104,39 @@ class Documents:
 
     async def _write(self, row: CollectionRow, commit: Callable[[], tuple[Write | None, T]]) -> T:
         """Run ``commit`` (an SQL transaction) and apply the write it made to the index, in a worker thread,
-        under the collection's write lock, to the end even if the client goes away."""
+        under the collection's write lock, to the end even if the client goes away. CollectionDeleted (nothing
+        written) if the collection is gone by then."""
         async with self.collections.write_lock(row):
-            self.collections.check_current(row)
-            try:
-                return await to_the_end(asyncio.to_thread(self._commit_and_apply, row, commit))
-            except CollectionDeleted:  # by another HTTP worker, since this one looked
-                raise not_found(row.name) from None
+            return await to_the_end(asyncio.to_thread(self._commit_and_apply, row, commit))
 
     def _commit_and_apply(self, row: CollectionRow, commit: Callable[[], tuple[Write | None, T]]) -> T:
+        """Once committed, a write is answered as done: an engine that cannot take it now (restarting, or past
+        its deadline) finds it in SQL (service/engine/client.py ``apply``), and one whose collection was deleted
+        right after the commit has nothing left to apply it to."""
         write, result = commit()
         if write is not None:
-            self.engine.apply(row.id, write)
+            try:
+                self.engine.apply(row.id, write)
+            except IndexGone:
+                pass
+            except Unavailable as exc:
+                log.warning("collection %s/%s: a committed write (position %d) waits for the engine (%s)",
+                            row.tenant, row.name, write.position, exc.code)
         return result
 
     # -- reads -------------------------------------------------------------------------------
     async def get(self, tenant: str, name: str, doc_id: str) -> StoredDocument:
-        row = await self.collections.get(tenant, name)
         validation.check_text(doc_id, "id", param="id")  # PostgreSQL cannot even compare a string holding NUL
-        doc = await asyncio.to_thread(self.store.get, row.id, doc_id)
+        doc = await self.collections.using(tenant, name, lambda row: asyncio.to_thread(self.store.get, row.id, doc_id))
         if doc is None:
             raise _no_document(doc_id, name)
         return doc
 
     async def get_many(self, tenant: str, name: str, ids: list[str], with_vectors: bool) -> list[StoredDocument]:
         """The documents with these ids, in their order; ids with no document are left out."""
-        row = await self.collections.get(tenant, name)
+        return await self.collections.using(tenant, name, lambda row: self._get_many(row, ids, with_vectors))
+
+    async def _get_many(self, row: CollectionRow, ids: list[str], with_vectors: bool) -> list[StoredDocument]:
         if not 1 <= len(ids) <= validation.MAX_PAGE:
             raise InvalidRequest(f"Give 1 to {validation.MAX_PAGE} ids per call.", param="ids")
         if with_vectors and len(ids) * row.dimension > validation.MAX_RESPONSE_VALUES:
@@ -143,10 +153,10 @@ class Documents:
     async def page(self, tenant: str, name: str, *, limit: int, after: str | None,
                    filter: object) -> tuple[list[StoredDocument], bool]:
         """Documents in id order after ``after``, at most ``limit``, matching ``filter``: (page, has_more)."""
-        row = await self.collections.get(tenant, name)
         if not 1 <= limit <= validation.MAX_PAGE:
             raise InvalidRequest(f"limit must be between 1 and {validation.MAX_PAGE}.", param="limit")
         parsed = parse_filter(filter) if filter is not None else None
-        docs = await asyncio.to_thread(self.store.page, row.id, parsed, after, limit + 1)
+        docs = await self.collections.using(
+            tenant, name, lambda row: asyncio.to_thread(self.store.page, row.id, parsed, after, limit + 1))
         validation.check_response_size(docs[:limit], "limit", text=True, metadata=True)
         return docs[:limit], len(docs) > limit

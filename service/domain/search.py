@@ -100,7 +100,10 @@ class Search:
         self._merged_index: Merger[_Planned] = Merger(lambda _, planned: self._index_calls(planned))  # no SQL
 
     async def search(self, tenant: str, name: str, query: Query) -> Found:
-        row = await self.collections.get(tenant, name)
+        return await self.collections.using(tenant, name, lambda row: self._search(row, query))
+
+    async def _search(self, row: CollectionRow, query: Query) -> Found:
+        name = row.name
         items = query.texts if query.texts is not None else query.vectors
         validation.check_count(items, query.field)
         validation.check_search_size(len(items), query.top_k, "vector" in query.include, row)

@@ -15,21 +15,24 @@ from typing import Any, Protocol
 import numpy as np
 
 from service.errors import InvalidRequest
+from service.limits import (  # re-exported: validation.MAX_TOP_K and so on
+    MAX_DELETE_IDS,
+    MAX_DIMENSION,
+    MAX_DOCUMENTS,
+    MAX_ID_LENGTH,
+    MAX_INDEX_LENGTH,
+    MAX_METADATA_DEPTH,
+    MAX_PAGE,
+    MAX_QUERIES,
+    MAX_RESPONSE_BYTES,
+    MAX_RESPONSE_VALUES,
+    MAX_SEARCH_HITS,
+    MAX_TOP_K,
+)
 from service.store.documents import CollectionRow, NewDocument, StoredDocument
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-MAX_DOCUMENTS = 1000  # per upsert
-MAX_DELETE_IDS = 10 * MAX_DOCUMENTS
-MAX_ID_LENGTH = 256
-MAX_DIMENSION = 65536
-MAX_INDEX_LENGTH = 128  # the column's size
-MAX_QUERIES = 256
-MAX_TOP_K = 1000
-MAX_PAGE = 1000
-MAX_SEARCH_HITS = 10_000  # queries x top_k of one search
-MAX_RESPONSE_VALUES = 1 << 21  # vector values in one response (queries x top_k x dimension with include=vector)
-MAX_METADATA_DEPTH = 32  # levels of nesting in a document's metadata, the metadata object itself the first
-MAX_RESPONSE_BYTES = 64 << 20  # stored text and metadata in one answer (a search, a page of documents)
+MAX_RRF_K = 10_000  # hybrid search's fusion.k (RRF): 1 to this; past it every rank scores about the same
 
 
 class DocumentInput(Protocol):
@@ -101,8 +104,8 @@ def check_fusion(fusion: Any, top_k: int, queries: int) -> None:
         raise InvalidRequest(f"{queries} queries x fusion.candidates {fusion.candidates} asks for more than "
                              f"{MAX_SEARCH_HITS} hits from each branch: lower candidates or split the queries.",
                              param="fusion")
-    if fusion.k < 1:
-        raise InvalidRequest("fusion.k must be at least 1.", param="fusion")
+    if not 1 <= fusion.k <= MAX_RRF_K:
+        raise InvalidRequest(f"fusion.k must be between 1 and {MAX_RRF_K}.", param="fusion")
     weights = (fusion.dense_weight, fusion.keyword_weight)
     if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
         raise InvalidRequest("fusion.weights must be finite, not negative, and not both 0.", param="fusion")

@@ -17,6 +17,7 @@ from pathlib import Path
 from sqlalchemy import Engine, insert, select
 from tqdm import tqdm
 
+from service.store.documents import new_collection_id
 from service.store.tables import collections, documents
 
 FORMAT = "embedsearch-collection-backup/1"
@@ -81,9 +82,8 @@ def restore(engine: Engine, path: Path, tenant: str, name: str | None = None) ->
     with engine.begin() as conn:
         if conn.execute(select(collections.c.id).where(collections.c.tenant == tenant, collections.c.name == name)).first():
             raise BackupError(f"collection {name!r} already exists for tenant {tenant!r}: restore under another --name")
-        collection_id = conn.execute(
-            insert(collections).values(tenant=tenant, **{**definition, "name": name}).returning(collections.c.id)
-        ).scalar_one()
+        collection_id = new_collection_id(conn)
+        conn.execute(insert(collections).values(id=collection_id, tenant=tenant, **{**definition, "name": name}))
         cursor = source.execute("SELECT id, seq, text, meta, vector FROM documents ORDER BY seq")
         with tqdm(total=total, desc=f"restoring {name}", unit="doc") as bar:
             while chunk := cursor.fetchmany(CHUNK):

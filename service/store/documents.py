@@ -1,5 +1,10 @@
 """SQL repository for collections and documents: the source of truth, vectors included.
 
+A collection's id is never handed out twice (``new_collection_id``), so an id names one collection for
+good: whoever holds a :class:`CollectionRow` (an HTTP worker's cache) can ask SQL whether that collection
+still exists, and every read here by collection id does, raising :class:`CollectionDeleted` when it does
+not, so a stale holder never answers for a collection that is gone, nor for another one.
+
 Every document gets a fresh *position* when written (its FAISS id, called ``seq``); replacing or
 deleting a document logs the old seq in ``removals`` under a position of its own. An index snapshot
 taken at position P is brought up to date by removing the seqs logged after P and adding the
@@ -19,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from service.store.filters import Filter, compile_filter
-from service.store.tables import collections, documents, index_positions, removals
+from service.store.tables import collections, documents, id_counters, index_positions, removals
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,12 @@ class CollectionRow:
 
 
 class CollectionDeleted(LookupError):
-    """A write into a collection deleted meanwhile (by another HTTP worker): nothing was written."""
+    """The collection of this id no longer exists (deleted through another HTTP worker or server, maybe made
+    again under its name with a new id): nothing was read or written."""
+
+
+class TooManyCollections(Exception):
+    """The tenant holds its quota of collections already."""
 
 
 @dataclass
@@ -99,6 +109,28 @@ def _document(row: Any) -> StoredDocument:
     return StoredDocument(id=row.id, seq=row.seq, text=row.text, metadata_json=row.meta, vector=row.vector)
 
 
+def new_collection_id(conn: Connection) -> int:
+    """The next collection id, above every one ever handed out (deleted ones too); the counter's row stays
+    locked until ``conn``'s transaction ends, so creates take their turns. (Migration 0004 makes the row; a
+    schema made otherwise gets it here, seeded above the ids in use.)"""
+    take = update(id_counters).where(id_counters.c.name == "collections").values(
+        last=id_counters.c.last + 1).returning(id_counters.c.last)
+    last = conn.execute(take).scalar_one_or_none()
+    if last is None:
+        highest = select(func.coalesce(func.max(collections.c.id), 0)).scalar_subquery()
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        conn.execute(dialect_insert(id_counters).values(name="collections", last=highest).on_conflict_do_nothing())
+        last = conn.execute(take).scalar_one()
+    return last
+
+
+def _exists(conn: Connection, collection_id: int) -> None:
+    """CollectionDeleted unless the collection exists. Run after a read on the same connection: ids are never
+    reused, so a collection there now was there for the read too."""
+    if conn.execute(select(collections.c.id).where(collections.c.id == collection_id)).first() is None:
+        raise CollectionDeleted(collection_id)
+
+
 class DocumentStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -120,19 +152,26 @@ class DocumentStore:
 
     # -- collections -------------------------------------------------------------------------
     def create_collection(
-        self, tenant: str, name: str, model: str | None, dimension: int, metric: str, index_factory: str
+        self, tenant: str, name: str, model: str | None, dimension: int, metric: str, index_factory: str,
+        *, quota: int | None = None,
     ) -> CollectionRow:
+        """A new collection with an id never used before (DuplicateCollection if the tenant has one of that name,
+        TooManyCollections if it holds ``quota`` already)."""
         try:
             with self.engine.begin() as conn:
+                collection_id = new_collection_id(conn)  # locks the counter: the count below is the tenant's now
+                if quota is not None and conn.execute(select(func.count()).select_from(collections).where(
+                        collections.c.tenant == tenant)).scalar_one() >= quota:
+                    raise TooManyCollections(quota)
                 conn.execute(
                     insert(collections).values(
-                        tenant=tenant, name=name, model=model, dimension=dimension, metric=metric,
+                        id=collection_id, tenant=tenant, name=name, model=model, dimension=dimension, metric=metric,
                         index_factory=index_factory,
                     )
                 )
         except IntegrityError:
             raise DuplicateCollection(name) from None
-        row = self.get_collection(tenant, name)
+        row = self.collection(collection_id)
         assert row is not None
         return row
 
@@ -143,15 +182,31 @@ class DocumentStore:
             ).first()
         return CollectionRow(**row._mapping) if row else None
 
-    def all_collections(self, tenant: str | None = None) -> list[CollectionRow]:
-        query = select(collections).order_by(collections.c.id)
-        if tenant is not None:
-            query = query.where(collections.c.tenant == tenant)
+    def collection(self, collection_id: int) -> CollectionRow | None:
+        """The collection of this id, as SQL has it now (None: there is none, or no longer)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(collections).where(collections.c.id == collection_id)).first()
+        return CollectionRow(**row._mapping) if row else None
+
+    def all_collections(self, tenant: str | None = None, *, after: str | None = None,
+                        limit: int | None = None) -> list[CollectionRow]:
+        """Every collection (by id), or a tenant's by name: those named after ``after``, at most ``limit``."""
+        query = select(collections)
+        if tenant is None:
+            query = query.order_by(collections.c.id)
+        else:
+            query = query.where(collections.c.tenant == tenant).order_by(collections.c.name)
+            if after is not None:
+                query = query.where(collections.c.name > after)
+        if limit is not None:
+            query = query.limit(limit)
         with self.engine.connect() as conn:
             return [CollectionRow(**row._mapping) for row in conn.execute(query)]
 
     def delete_collection(self, collection_id: int) -> None:
+        """Delete the collection and everything in it (CollectionDeleted if it was gone already)."""
         with self.engine.begin() as conn:
+            self._lock(conn, collection_id)
             conn.execute(delete(removals).where(removals.c.collection_id == collection_id))
             conn.execute(delete(index_positions).where(index_positions.c.collection_id == collection_id))
             conn.execute(delete(documents).where(documents.c.collection_id == collection_id))
@@ -159,14 +214,18 @@ class DocumentStore:
 
     def has_text(self, collection_id: int) -> bool:
         with self.engine.connect() as conn:
-            return conn.execute(select(documents.c.seq).where(
-                documents.c.collection_id == collection_id, documents.c.text.is_not(None)).limit(1)).first() is not None
+            found = conn.execute(select(documents.c.seq).where(
+                documents.c.collection_id == collection_id, documents.c.text.is_not(None)).limit(1)).first()
+            _exists(conn, collection_id)
+        return found is not None
 
     def count(self, collection_id: int) -> int:
         with self.engine.connect() as conn:
-            return conn.execute(
+            n = conn.execute(
                 select(func.count()).select_from(documents).where(documents.c.collection_id == collection_id)
             ).scalar_one()
+            _exists(conn, collection_id)
+        return n
 
     # -- writes ------------------------------------------------------------------------------
     @staticmethod
@@ -241,39 +300,48 @@ class DocumentStore:
             row = conn.execute(
                 select(*_DOC_COLUMNS).where(documents.c.collection_id == collection_id, documents.c.id == doc_id)
             ).first()
+            _exists(conn, collection_id)
         return _document(row) if row else None
 
     def by_ids(self, collection_id: int, ids: list[str]) -> list[StoredDocument]:
         with self.engine.connect() as conn:
-            return [_document(r) for r in conn.execute(select(*_DOC_COLUMNS).where(self._where(collection_id, ids=ids)))]
+            found = [_document(r) for r in conn.execute(select(*_DOC_COLUMNS).where(self._where(collection_id, ids=ids)))]
+            _exists(conn, collection_id)
+        return found
 
     def page(self, collection_id: int, filter: Filter | None, after: str | None, limit: int) -> list[StoredDocument]:
         query = select(*_DOC_COLUMNS).where(self._where(collection_id, filter))
         if after is not None:
             query = query.where(documents.c.id > after)
         with self.engine.connect() as conn:
-            return [_document(r) for r in conn.execute(query.order_by(documents.c.id).limit(limit))]
+            found = [_document(r) for r in conn.execute(query.order_by(documents.c.id).limit(limit))]
+            _exists(conn, collection_id)
+        return found
 
     def by_seqs(self, collection_id: int, seqs: list[int]) -> dict[int, StoredDocument]:
-        """The documents of a search's hits, by seq. Every search runs this, so it goes straight to the
-        driver with plain SQL (a third of the time of a SQLAlchemy statement), through the same pool and
-        its checks (service/store/db.py)."""
-        if not seqs:
-            return {}
+        """The documents of a search's hits, by seq (CollectionDeleted if the collection is gone, hits or none).
+        Every search runs this, so it goes straight to the driver with plain SQL (a third of the time of a
+        SQLAlchemy statement), through the same pool and its checks (service/store/db.py)."""
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         connection = self.engine.raw_connection()
         try:
             cursor = connection.cursor()
-            cursor.execute(self._by_seqs_sql(len(seqs)), (collection_id, *seqs))
-            rows = cursor.fetchall()
+            rows = []
+            if seqs:
+                cursor.execute(self._by_seqs_sql(len(seqs), mark), (collection_id, *seqs))
+                rows = cursor.fetchall()
+            cursor.execute(f"SELECT 1 FROM collections WHERE id = {mark}", (collection_id,))
+            exists = cursor.fetchone() is not None
             cursor.close()
         finally:
             connection.close()
+        if not exists:
+            raise CollectionDeleted(collection_id)
         return {seq: StoredDocument(doc_id, seq, text, meta, vector) for doc_id, seq, text, meta, vector in rows}
 
-    def _by_seqs_sql(self, n: int) -> str:
+    def _by_seqs_sql(self, n: int, mark: str) -> str:
         sql = self._by_seqs_cache.get(n)
         if sql is None:
-            mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
             sql = (f"SELECT id, seq, text, CAST(meta AS TEXT), vector FROM documents WHERE collection_id = {mark} "
                    f"AND seq IN ({', '.join([mark] * n)})")
             if n <= 256:

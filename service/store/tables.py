@@ -59,6 +59,15 @@ collections = Table(
     UniqueConstraint("tenant", "name", name="uq_collections_tenant_name"),
 )
 
+# High-water marks of ids that are never handed out twice (``collections``: every collection's id, so a
+# deleted collection's id never names another one; migration 0004 says why this is not AUTOINCREMENT).
+id_counters = Table(
+    "id_counters",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("last", BigInteger, nullable=False),
+)
+
 documents = Table(
     "documents",
     metadata,

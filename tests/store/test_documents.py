@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.store.documents import DocumentStore, DuplicateCollection, NewDocument
+from service.store.documents import (
+    CollectionDeleted,
+    DocumentStore,
+    DuplicateCollection,
+    NewDocument,
+    TooManyCollections,
+)
 from service.store.filters import parse_filter
 
 pytestmark = pytest.mark.unit
@@ -61,7 +67,7 @@ def test_pages_filters_and_collections_are_separate(engine):
     assert sorted(removed.tolist()) == [1, 3]
     assert [c.name for c in store.all_collections("u")] == ["one"]
     store.delete_collection(one.id)
-    assert store.count(one.id) == 0 and store.count(two.id) == 1
+    assert store.count(two.id) == 1
     assert store.get_collection("t", "one") is None
 
 
@@ -88,3 +94,34 @@ def test_concurrent_replacements_log_every_seq_they_remove(engine):
     removed = changes.removed.tolist()
     assert len(removed) == len(set(removed))
     assert sorted(removed + store.all_seqs(c.id).tolist()) == sorted(written)
+
+
+def test_a_collection_id_is_never_handed_out_again_and_reads_of_a_deleted_one_say_so(engine):
+    """Deleting the newest collection and making another gives a new id (SQLite alone would reuse it), so a stale
+    holder of the old id can only hear that its collection is gone: every read and write by that id says so."""
+    store = DocumentStore(engine)
+    old = store.create_collection("acme", "notes", None, 3, "cosine", "Flat")
+    store.upsert(old.id, [doc("a", 1.0)])
+    store.delete_collection(old.id)
+    new = store.create_collection("beta", "payroll", None, 3, "cosine", "Flat")
+    store.upsert(new.id, [doc("secret", 2.0)])
+    assert new.id > old.id
+    for read in (lambda: store.get(old.id, "secret"), lambda: store.by_ids(old.id, ["secret"]),
+                 lambda: store.page(old.id, None, None, 10), lambda: store.by_seqs(old.id, [1, 2, 3]),
+                 lambda: store.by_seqs(old.id, []), lambda: store.count(old.id), lambda: store.has_text(old.id),
+                 lambda: store.upsert(old.id, [doc("planted", 3.0)]), lambda: store.delete(old.id, ids=["secret"]),
+                 lambda: store.delete_collection(old.id)):
+        with pytest.raises(CollectionDeleted):
+            read()
+    assert [d.id for d in store.page(new.id, None, None, 10)] == ["secret"]
+
+
+def test_collections_per_tenant_are_held_to_the_quota_and_listed_a_page_at_a_time(engine):
+    store = DocumentStore(engine)
+    for name in ("b", "a", "c"):
+        store.create_collection("t", name, None, 3, "cosine", "Flat", quota=3)
+    with pytest.raises(TooManyCollections):
+        store.create_collection("t", "d", None, 3, "cosine", "Flat", quota=3)
+    store.create_collection("u", "d", None, 3, "cosine", "Flat", quota=3)  # another tenant's own quota
+    assert [c.name for c in store.all_collections("t", limit=2)] == ["a", "b"]
+    assert [c.name for c in store.all_collections("t", after="b", limit=2)] == ["c"]
