@@ -79,7 +79,10 @@ def worker_cmd(args: argparse.Namespace) -> None:
     import socket
 
     # Not uvicorn's own fd= (it takes any fd for a Unix socket, and so leaves TCP_NODELAY off: 40 ms a response).
-    _uvicorn(settings, engine_address=args.address, sock=socket.socket(fileno=args.fd))
+    from service.engine.protocol import read_secret
+
+    engine_process = (args.address, read_secret(args.secret_fd))
+    _uvicorn(settings, engine_process=engine_process, sock=socket.socket(fileno=args.fd))
 
 
 def engine_cmd(args: argparse.Namespace) -> None:
@@ -87,11 +90,13 @@ def engine_cmd(args: argparse.Namespace) -> None:
     import asyncio
 
     from service.engine.engine import Engine
+    from service.engine.protocol import read_secret
     from service.engine.registry import Registry
     from service.engine.server import serve as serve_engine
     from service.store.db import make_engine
     from service.store.documents import DocumentStore
 
+    secret = read_secret(args.secret_fd)
     settings = _settings(args)
     _process_setup(settings, "engine")
     database = make_engine(settings.sqlalchemy_url)
@@ -101,20 +106,21 @@ def engine_cmd(args: argparse.Namespace) -> None:
         if loop == "uvloop":
             import uvloop
 
-            uvloop.run(serve_engine(engine, args.address, settings.model_cache))
+            uvloop.run(serve_engine(engine, args.address, settings.model_cache, secret))
         else:
-            asyncio.run(serve_engine(engine, args.address, settings.model_cache))
+            asyncio.run(serve_engine(engine, args.address, settings.model_cache, secret))
     finally:
         database.dispose()
 
 
-def _uvicorn(settings: Settings, *, engine_address: str | None = None, sock: object = None) -> None:
-    """Serve the app on ``settings``' host and port, or on the listening socket ``sock`` (an HTTP worker's)."""
+def _uvicorn(settings: Settings, *, engine_process: tuple[str, bytes] | None = None, sock: object = None) -> None:
+    """Serve the app on ``settings``' host and port, or on the listening socket ``sock`` (an HTTP worker's, with
+    ``engine_process``: the engine process's address and this start's secret)."""
     import uvicorn
 
     from service.api.app import create_app
 
-    app = create_app(settings, engine_address=engine_address)
+    app = create_app(settings, engine_process=engine_process)
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: let that end in exit 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     loop, http = _http_stack()
@@ -196,11 +202,14 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=serve)
 
     # The processes `serve` starts (service/supervisor.py); not for use by hand.
+    # --secret-fd: a pipe holding the start's engine secret, which the process reads and closes.
     p = with_data_dir(commands.add_parser("engine", help=argparse.SUPPRESS))
     p.add_argument("--address", required=True)
+    p.add_argument("--secret-fd", type=int, required=True)
     p.set_defaults(func=engine_cmd)
     p = with_data_dir(commands.add_parser("worker", help=argparse.SUPPRESS))
     p.add_argument("--address", required=True)
+    p.add_argument("--secret-fd", type=int, required=True)
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--name", default="worker", help="its name in the log")
     p.set_defaults(func=worker_cmd)

@@ -10,6 +10,10 @@ forward pass holds, and several of them feed one batcher.
 This process only supervises:
 
 - It migrates the database and makes the first admin key before starting anything (once, not per worker).
+- It makes this start's engine secret (random, 32 bytes) and hands it to each child it starts through a
+  pipe of its own (``--secret-fd``: the child reads it and closes the pipe), never in argv, the
+  environment or a file: the engine admits a connection only once it has shown that secret (and comes
+  from the same uid), so no other local process can drive it (service/engine/protocol.py).
 - A child that dies is started again: the engine (its workers answer 503 ``engine_unavailable``
   meanwhile and reconnect) or a worker. One that keeps dying within seconds of its start is started
   again at most every ``MAX_BACKOFF`` seconds.
@@ -31,6 +35,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from service.engine.protocol import SECRET_BYTES
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -55,6 +60,7 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 class Child:
     name: str
     argv: list[str]
+    secret: bytes  # handed over through a pipe at each start
     pass_fds: tuple[int, ...] = ()
     process: subprocess.Popen | None = None
     started: float = 0.0
@@ -62,9 +68,18 @@ class Child:
     next_start: float = 0.0  # not before this (monotonic)
 
     def start(self, env: dict[str, str]) -> None:
-        # A process group of its own: a terminal's Ctrl-C reaches the supervisor, which stops children in order.
-        self.process = subprocess.Popen(self.argv, env=env, pass_fds=self.pass_fds, preexec_fn=die_with_parent,
-                                        process_group=0)
+        read, write = os.pipe()
+        try:
+            os.write(write, self.secret)  # far below a pipe's buffer: never blocks
+        finally:
+            os.close(write)
+        try:
+            # A process group of its own: a terminal's Ctrl-C reaches the supervisor, which stops children in order.
+            self.process = subprocess.Popen([*self.argv, "--secret-fd", str(read)], env=env,
+                                            pass_fds=(*self.pass_fds, read), preexec_fn=die_with_parent,
+                                            process_group=0)
+        finally:
+            os.close(read)
         self.started = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
@@ -117,10 +132,11 @@ def run(settings: Settings, workers: int) -> None:
     sock = listen(settings)
     env = dict(os.environ, EMBEDSEARCH_DATA_DIR=str(settings.data_dir), EMBEDSEARCH_HOST=settings.host,
                EMBEDSEARCH_PORT=str(settings.port), EMBEDSEARCH_WORKERS=str(workers))
+    secret = secrets.token_bytes(SECRET_BYTES)
     python = [sys.executable, "-m", "service"]
-    engine = Child("engine", [*python, "engine", "--address", address])
+    engine = Child("engine", [*python, "engine", "--address", address], secret)
     children = [Child(f"worker {i + 1}", [*python, "worker", "--address", address, "--fd", str(sock.fileno()),
-                                          "--name", f"worker {i + 1}"], (sock.fileno(),)) for i in range(workers)]
+                                          "--name", f"worker {i + 1}"], secret, (sock.fileno(),)) for i in range(workers)]
     stopping = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.append(True))

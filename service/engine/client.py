@@ -12,7 +12,12 @@ a model loads). A collection's index known to be ready is remembered until a cal
 
 If the engine process dies, every call in flight and every new one is a 503 ``engine_unavailable``
 until the supervisor has started a new engine and this client has reconnected to it (it retries every
-``RECONNECT_SECONDS``); the models count as loading meanwhile.
+``RECONNECT_SECONDS``); the models count as loading meanwhile. A write committed to SQL whose Apply could
+not reach the engine (down, or past the deadline) is still answered as done: the collection is kept
+here as *behind*, and told to the engine again (it catches up from SQL) at once after reconnecting and
+at every status refresh until the engine has taken it.
+
+Each connection opens with the greeting and this start's secret (service/engine/protocol.py), then Hello.
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ from service.engine.registry import Registry
 from service.engine.served import ServedModel, Tokenizer, find_served, served_models
 from service.errors import IndexGone, Overloaded, Unavailable
 from service.settings import Settings
-from service.store.documents import CollectionRow
 from service.store.filters import Filter
 
 log = logging.getLogger("service.engine")
@@ -50,13 +54,15 @@ def _engine_down() -> Unavailable:
 
 
 class EngineClient:
-    def __init__(self, settings: Settings, registry: Registry, address: str) -> None:
+    def __init__(self, settings: Settings, registry: Registry, address: str, secret: bytes) -> None:
         self.address = address
+        self.secret = secret
         self.deadline = settings.engine_deadline_seconds + DEADLINE_MARGIN
         self.tuning = tuning_from(settings)
         self.models = served_models(settings, registry)
         self._tokenizers: dict[str, Tokenizer] = {}  # by tokenizer.json path
         self._ready: set[int] = set()  # collections whose index is known to be ready
+        self._behind: dict[int, int] = {}  # collection id -> a committed position the engine has not taken yet
         self._writer: asyncio.StreamWriter | None = None
         self._calls: dict[int, asyncio.Future[p.Reply]] = {}
         self._ids = itertools.count(1)
@@ -83,13 +89,14 @@ class EngineClient:
                 await asyncio.sleep(RECONNECT_SECONDS)
                 continue
             self._writer = writer
-            writer.write(p.frame(p.Call(0, p.Hello(os.getpid()))))
+            writer.write(p.GREETING + self.secret + p.frame(p.Call(0, p.Hello(os.getpid()))))
             reading = asyncio.get_running_loop().create_task(self._read(reader))
             log.info("connected to the engine")
             self.connected.set()
             try:
                 while not reading.done():
                     try:
+                        await self._catch_up_behind()
                         await self._refresh()
                     except Unavailable:
                         pass  # lost it meanwhile
@@ -197,12 +204,12 @@ class EngineClient:
     def check_index(self, dimension: int, metric: str, factory: str) -> None:
         VectorIndex(dimension, metric, factory, tuning=self.tuning)  # as the engine would: no call needed
 
-    async def open_index(self, row: CollectionRow) -> None:
-        await self.call(p.Open(row))
+    async def open_index(self, collection_id: int) -> None:
+        await self.call(p.Open(collection_id))
 
-    async def create_index(self, row: CollectionRow) -> None:
-        await self.call(p.Create(row))
-        self._ready.add(row.id)
+    async def create_index(self, collection_id: int) -> None:
+        await self.call(p.Create(collection_id))
+        self._ready.add(collection_id)
 
     async def drop_index(self, collection_id: int) -> None:
         self._ready.discard(collection_id)
@@ -239,10 +246,25 @@ class EngineClient:
         return scores.numpy(), seqs.numpy()
 
     def apply(self, collection_id: int, write: Any) -> None:
-        self._on_index(collection_id, p.Apply(
-            collection_id, write.position, p.Array.of(write.removed),
-            None if write.seqs is None else p.Array.of(write.seqs),
-            None if write.vectors is None else p.Array.of(write.vectors), write.texts, write.metas))
+        """Tell the engine SQL has committed ``write`` (its position alone: the engine reads the rest from SQL).
+        If the engine cannot be told now, it is told later (``_catch_up_behind``) and this raises Unavailable."""
+        try:
+            self._on_index(collection_id, p.Apply(collection_id, write.position))
+        except IndexGone:
+            raise
+        except Unavailable:
+            self._loop.call_soon_threadsafe(self._behind.__setitem__, collection_id, write.position)  # type: ignore[union-attr]
+            raise
+
+    async def _catch_up_behind(self) -> None:
+        """Have the engine take the committed writes it could not be told of (a collection dropped since is done)."""
+        for collection_id, position in list(self._behind.items()):
+            try:
+                await self.call(p.Apply(collection_id, position))
+            except IndexGone:
+                pass
+            if self._behind.get(collection_id) == position:
+                del self._behind[collection_id]
 
     # -- for /ready and /metrics -----------------------------------------------------------------------
     async def status(self) -> p.EngineStatus:

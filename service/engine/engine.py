@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from service.engine.protocol import EngineStatus, ModelState
 from service.engine.registry import Registry
 from service.engine.served import ServedModel
 from service.engine.snapshots import Snapshots
+from service.errors import IndexGone
 from service.settings import Settings
 from service.store.documents import CollectionRow, DocumentStore
 from service.store.filters import Filter
@@ -41,6 +43,9 @@ __all__ = ["Engine", "Write"]
 class Engine:
     def __init__(self, settings: Settings, registry: Registry, store: DocumentStore) -> None:
         self.deadline = settings.engine_deadline_seconds
+        # the request limits the engine process holds every worker's call to (checks.py)
+        self.max_inputs, self.max_request_tokens = settings.max_inputs, settings.max_request_tokens
+        self.max_body_bytes = settings.max_body_bytes
         self.models = ModelHub(settings, registry)
         self.indexes: Indexes | MilvusIndexes
         self.snapshots: Snapshots | None = None
@@ -105,13 +110,26 @@ class Engine:
         """ValueError (in words for a client) unless such an index can be made."""
         self.indexes.check(dimension, metric, factory)
 
-    async def open_index(self, row: CollectionRow) -> None:
-        await asyncio.to_thread(self.indexes.open, row)
+    async def open_index(self, collection_id: int) -> None:
+        """Open the index of a collection made behind the engine's back (a restore), as SQL defines it."""
+        await asyncio.to_thread(self._with_row, collection_id, self.indexes.open)
 
-    async def create_index(self, row: CollectionRow) -> None:
-        await asyncio.to_thread(self.indexes.create, row)
+    async def create_index(self, collection_id: int) -> None:
+        """Make the (empty) index of a collection just committed to SQL, as SQL defines it."""
+        await asyncio.to_thread(self._with_row, collection_id, self.indexes.create)
+
+    def _with_row(self, collection_id: int, then: Callable[[CollectionRow], None]) -> None:
+        """``then(row)`` with the collection's row read from SQL here (IndexGone if there is none): a caller
+        names the collection, SQL alone says what it is."""
+        row = self.indexes.store.collection(collection_id)
+        if row is None:
+            raise IndexGone(collection_id)
+        then(row)
 
     async def drop_index(self, collection_id: int) -> None:
+        """Drop the index of a collection deleted from SQL (ValueError, and nothing dropped, while SQL has it)."""
+        if await asyncio.to_thread(self.indexes.store.collection, collection_id) is not None:
+            raise ValueError(f"collection {collection_id} is still in SQL: delete it there first")
         self.indexes.drop(collection_id)
 
     async def index_state(self, collection_id: int) -> str | None:
@@ -129,8 +147,15 @@ class Engine:
                        filter_json: object = None) -> tuple[np.ndarray, np.ndarray]:
         return self.indexes.keyword_search(collection_id, queries, k, filter, filter_json)
 
-    def apply(self, collection_id: int, write: Write) -> None:
+    def apply(self, collection_id: int, write: Write | None) -> None:
+        """Bring the index up to a committed write (``write``: what it committed, from the domain in this process),
+        or with None up to everything SQL has committed: the engine process takes a write's content from SQL
+        alone, never from the frame that announced it."""
         self.indexes.apply(collection_id, write)
+
+    def collection(self, collection_id: int) -> CollectionRow:
+        """The row of a collection whose index is live here (IndexGone if none)."""
+        return self.indexes.row(collection_id)
 
     # -- for /ready and /metrics ----------------------------------------------------------------
     async def status(self) -> EngineStatus:

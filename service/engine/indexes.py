@@ -70,7 +70,7 @@ def committed_since(store: DocumentStore, row: CollectionRow, position: int) -> 
         return Write(position, np.zeros(0, np.int64))
     changes = store.changes_since(row.id, position, row.dimension, until=last, documents_too=True)
     if len(changes.seqs) or len(changes.removed):
-        log.info("collection %s/%s: caught up from SQL to position %d (%d additions, %d removals)",
+        log.debug("collection %s/%s: caught up from SQL to position %d (%d additions, %d removals)",
                  row.tenant, row.name, last, len(changes.seqs), len(changes.removed))
     return Write(last, changes.removed, changes.seqs, changes.vectors, changes.texts, changes.metas)
 
@@ -169,6 +169,9 @@ class Indexes:
             raise IndexGone(collection_id)
         return live
 
+    def row(self, collection_id: int) -> CollectionRow:
+        return self._get(collection_id).row
+
     # -- searches and writes -----------------------------------------------------------------
     def indexed(self, collection_id: int) -> int:
         live = self._get(collection_id)
@@ -198,14 +201,15 @@ class Indexes:
 
         return live.allowed.allowed(filter_key(filter_json), live.position, matching, live.index.prepare_allowed)
 
-    def apply(self, collection_id: int, write: Write) -> None:
-        """Bring the index up to a committed write (see the module's docstring for writes out of order); if it
-        cannot follow, rebuild it from SQL, and if that fails too, fail the collection (the write stays committed)."""
+    def apply(self, collection_id: int, write: Write | None) -> None:
+        """Bring the index up to a committed write (see the module's docstring for writes out of order), or with
+        None to what SQL has committed; if it cannot follow, rebuild it from SQL, and if that fails too, fail the
+        collection (the write stays committed)."""
         live = self._get(collection_id)
         with live.lock.write(self.deadline):
-            if write.position <= live.position:
+            if write is not None and write.position <= live.position:
                 return  # reflected already, by a catch-up from SQL
-            if write.first != live.position + 1:
+            if write is None or write.first != live.position + 1:
                 write = committed_since(self.store, live.row, live.position)
             try:
                 live.index.remove(write.removed)

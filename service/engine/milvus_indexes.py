@@ -37,7 +37,7 @@ from service.engine.indexes import Write, committed_since
 from service.engine.milvus_filters import compile_milvus, milvus_metadata
 from service.engine.protocol import IndexStats
 from service.engine.rwlock import RWLock
-from service.errors import IndexGone, ServiceError, Unavailable
+from service.errors import IndexGone, InvalidRequest, ServiceError, Unavailable
 from service.store.documents import CollectionRow, DocumentStore
 from service.store.filters import Filter
 
@@ -137,6 +137,13 @@ class MilvusIndexes:
         milvus_type(factory, dimension, self.tuning)
 
     def create(self, row: CollectionRow) -> None:
+        # An HTTP worker checks only the FAISS bounds before it asks (service/engine/client.py): a string with
+        # no Milvus equivalent is the client's mistake (a 400 naming `index`), not Milvus being unreachable,
+        # and it is refused here before Milvus is reached or anything is made.
+        try:
+            self.check(row.dimension, row.metric, row.index_factory)
+        except ValueError as exc:
+            raise InvalidRequest(f"index: {exc}", param="index") from None
         try:
             live = MilvusLive(row, self._index(row))  # connecting may fail too: the same 503
             if live.index.exists():  # left by an earlier deployment's collection of the same id
@@ -173,6 +180,9 @@ class MilvusIndexes:
         if live is None:
             raise IndexGone(collection_id)
         return live
+
+    def row(self, collection_id: int) -> CollectionRow:
+        return self._get(collection_id).row
 
     def _gone(self, live: MilvusLive) -> IndexGone:
         """Its Milvus collection was dropped (the collection was deleted through another server)."""
@@ -230,9 +240,10 @@ class MilvusIndexes:
         seqs = self.store.seqs_matching(live.row.id, filter)
         return f"seq in [{', '.join(map(str, seqs.tolist()))}]" if seqs.size else "seq < 0"
 
-    def apply(self, collection_id: int, write: Write) -> None:
-        """Bring Milvus up to a committed write; if Milvus cannot take it now, mark the collection behind (the
-        write stays committed and is applied before the next search, or by the periodic catch-up)."""
+    def apply(self, collection_id: int, write: Write | None) -> None:
+        """Bring Milvus up to a committed write (None: to what SQL has committed); if Milvus cannot take it now,
+        mark the collection behind (the write stays committed and is applied before the next search, or by the
+        periodic catch-up)."""
         live = self._get(collection_id)
         with live.lock.write(self.deadline):
             try:

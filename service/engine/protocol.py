@@ -8,12 +8,20 @@ client gave up: the engine drops it (an embedding still queued never reaches a f
 
 Domain errors cross as their class name and fields and are raised again on the worker's side, so the
 HTTP layer answers exactly as it would in one process (a full encoder queue is still a 503 with
-Retry-After). Nothing here is secret or trusted: a worker's frames are decoded into these types only.
+Retry-After).
+
+Who may talk: a connection is the engine's only once its peer has shown it runs as the engine's own
+user (``SO_PEERCRED``, Linux) and, before any frame, sent the secret the supervisor gave the engine and
+its workers for this start (through an inherited pipe: see service/supervisor.py). Even then a
+worker's frames are decoded into these types only, and the engine checks each one against the limits
+the HTTP layer documents (service/engine/checks.py). A frame names collections by id and carries no
+write's content: the engine reads what was committed from SQL itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 from typing import Any
@@ -22,10 +30,12 @@ import msgspec
 import numpy as np
 
 from service import errors
-from service.store.documents import CollectionRow
 
-MAX_FRAME = 1 << 30  # bytes: past what any request the HTTP layer admits can produce
+MAX_FRAME = 1 << 30  # bytes of a reply (the engine's own answers)
+MAX_CALL_FRAME = 128 << 20  # bytes of a call: past what any request the HTTP layer admits can produce
 _LENGTH = struct.Struct("<I")
+SECRET_BYTES = 32
+GREETING = b"embedsearch-engine/1\n"  # then the secret: a worker's first bytes on a new connection
 
 
 class Array(msgspec.Struct, array_like=True):
@@ -43,7 +53,7 @@ class Array(msgspec.Struct, array_like=True):
 
 
 class Hello(msgspec.Struct, tag=True, array_like=True):
-    """A worker's first frame: who it is (the engine counts its workers for readiness)."""
+    """A worker's first frame after the greeting: who it is (the engine counts its workers for readiness)."""
 
     pid: int
 
@@ -69,21 +79,18 @@ class KeywordSearch(msgspec.Struct, tag=True, array_like=True):
 
 
 class Apply(msgspec.Struct, tag=True, array_like=True):
+    """SQL has committed a write to this collection up to ``position``: the engine catches its index up with SQL."""
+
     collection: int
     position: int
-    removed: Array
-    seqs: Array | None
-    vectors: Array | None
-    texts: list[str | None] | None
-    metas: list[dict[str, Any]] | None  # the Milvus backend stores them; FAISS does not need them
 
 
 class Open(msgspec.Struct, tag=True, array_like=True):
-    row: CollectionRow
+    collection: int
 
 
 class Create(msgspec.Struct, tag=True, array_like=True):
-    row: CollectionRow
+    collection: int
 
 
 class Drop(msgspec.Struct, tag=True, array_like=True):
@@ -230,9 +237,26 @@ async def connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWri
     return await asyncio.open_unix_connection(sock=sock, limit=MAX_FRAME)
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes:
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> bytes:
     """One frame's body; IncompleteReadError at the end of the stream."""
     (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-    if length > MAX_FRAME:
+    if length > limit:
         raise ValueError(f"a frame of {length} bytes is past the limit")
     return await reader.readexactly(length)
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket (``SO_PEERCRED``; None where there is none)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid
+
+
+def read_secret(fd: int) -> bytes:
+    """The per-start secret from the pipe the supervisor handed this process (``--secret-fd``); the fd is closed."""
+    with os.fdopen(fd, "rb") as pipe:
+        secret = pipe.read(SECRET_BYTES + 1)
+    if len(secret) != SECRET_BYTES:
+        raise SystemExit(f"the engine secret from fd {fd} has {len(secret)} bytes, not {SECRET_BYTES}")
+    return secret

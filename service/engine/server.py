@@ -7,6 +7,11 @@ pass, a rebuild) holds up nothing else; its answer goes back on the worker's con
 :class:`~service.engine.protocol.Cancel`, or its connection closing, cancels its calls: an embedding
 still queued leaves the batcher's queue and never reaches a forward pass.
 
+Only the server's own workers get in (service/engine/protocol.py): a connection from another uid is
+closed at once, and one whose first bytes are not the greeting with this start's secret (within
+``GREETING_SECONDS``) is closed before any frame of it is decoded. Every call is then checked against the
+documented limits (checks.py) before it is run.
+
 Started by service/supervisor.py (``python -m service engine``); SIGTERM stops it once the workers
 have drained and gone (40 s at most): the batchers stop, and every index is snapshotted.
 """
@@ -14,6 +19,7 @@ have drained and gone (40 s at most): the batchers stop, and every index is snap
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import signal
@@ -24,17 +30,20 @@ from pathlib import Path
 import msgspec
 
 from service.engine import protocol as p
-from service.engine.engine import Engine, Write
+from service.engine.checks import check_call
+from service.engine.engine import Engine
 from service.store.filters import parse_filter
 
 log = logging.getLogger("service.engine")
 
 WORKERS_DRAIN_SECONDS = 40.0  # a worker's graceful shutdown (30 s) and some
+GREETING_SECONDS = 5.0  # for a new connection's greeting and secret
 
 
 class EngineServer:
-    def __init__(self, engine: Engine, tokenizer_dir: Path) -> None:
+    def __init__(self, engine: Engine, tokenizer_dir: Path, secret: bytes) -> None:
         self.engine = engine
+        self.secret = secret
         self.tokenizer_dir = tokenizer_dir
         self._tokenizers: dict[str, asyncio.Task[str]] = {}  # model -> the path of its tokenizer.json
         self._server: asyncio.Server | None = None
@@ -62,9 +71,11 @@ class EngineServer:
         self._connections.add(connection)
         calls: dict[int, asyncio.Task[None]] = {}
         try:
+            if not await self._admitted(reader, writer):
+                return
             while True:
                 try:
-                    call = p.call_decoder.decode(await p.read_frame(reader))
+                    call = p.call_decoder.decode(await p.read_frame(reader, p.MAX_CALL_FRAME))
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 request = call.request
@@ -90,8 +101,27 @@ class EngineServer:
             writer.close()
             self._connections.discard(connection)
 
+    async def _admitted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Whether the peer is one of this server's workers: the engine's own uid, then the greeting and secret."""
+        uid = p.peer_uid(writer.get_extra_info("socket"))
+        if uid is not None and uid != os.getuid():
+            log.warning("refused an engine connection from uid %d (the engine's workers run as uid %d)", uid,
+                        os.getuid())
+            return False
+        expected = p.GREETING + self.secret
+        try:
+            async with asyncio.timeout(GREETING_SECONDS):
+                greeting = await reader.readexactly(len(expected))
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            greeting = b""
+        if not hmac.compare_digest(greeting, expected):
+            log.warning("refused an engine connection that did not open with this start's secret")
+            return False
+        return True
+
     async def _answer(self, call: p.Call, writer: asyncio.StreamWriter) -> None:
         try:
+            check_call(self.engine, call.request)
             reply = p.Reply(call.id, await self._handle(call.request))
         except asyncio.CancelledError:
             return  # the worker gave up on it: nobody to answer
@@ -108,7 +138,7 @@ class EngineServer:
         match request:
             case p.Embed(model, sequences, key):
                 return p.Array.of(await engine.embed(model, sequences, key=key))
-            case p.Search(collection, queries, k, filter):
+            case p.Search(collection, queries, k, filter):  # checked: check_call
                 parsed = parse_filter(filter) if filter is not None else None
                 scores, seqs = await asyncio.to_thread(engine.search, collection, queries.numpy(), k, parsed, filter)
                 return [p.Array.of(scores), p.Array.of(seqs)]
@@ -116,14 +146,12 @@ class EngineServer:
                 parsed = parse_filter(filter) if filter is not None else None
                 scores, seqs = await asyncio.to_thread(engine.keyword_search, collection, queries, k, parsed, filter)
                 return [p.Array.of(scores), p.Array.of(seqs)]
-            case p.Apply(collection, position, removed, seqs, vectors, texts, metas):
-                write = Write(position, removed.numpy(), None if seqs is None else seqs.numpy(),
-                              None if vectors is None else vectors.numpy(), texts, metas)
-                return await asyncio.to_thread(engine.apply, collection, write)
-            case p.Open(row):
-                return await engine.open_index(row)
-            case p.Create(row):
-                return await engine.create_index(row)
+            case p.Apply(collection, _):
+                return await asyncio.to_thread(engine.apply, collection, None)  # what SQL committed
+            case p.Open(collection):
+                return await engine.open_index(collection)
+            case p.Create(collection):
+                return await engine.create_index(collection)
             case p.Drop(collection):
                 return await engine.drop_index(collection)
             case p.State(collection):
@@ -162,14 +190,15 @@ def _write_atomically(path: Path, text: str) -> str:
     return str(path)
 
 
-async def serve(engine: Engine, address: str, tokenizer_dir: Path) -> None:
-    """Start the engine, answer the workers on ``address`` until SIGTERM (or SIGINT), then stop it."""
+async def serve(engine: Engine, address: str, tokenizer_dir: Path, secret: bytes) -> None:
+    """Start the engine, answer the workers (those with ``secret``) on ``address`` until SIGTERM (or SIGINT),
+    then stop it."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await engine.start()
-    server = EngineServer(engine, tokenizer_dir)
+    server = EngineServer(engine, tokenizer_dir, secret)
     await server.start(address)
     log.info("engine ready (pid %d)", os.getpid())
     await stop.wait()
