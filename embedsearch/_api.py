@@ -53,6 +53,7 @@ DEFAULT_MAX_RETRIES = 3
 # The server's limits per request (service/domain/validation.py; a test keeps them equal).
 MAX_DOCUMENTS = 1000  # per upsert
 MAX_GET_IDS = 1000  # per documents/get
+MAX_PAGE = 1000  # documents or collections per page
 MAX_DELETE_IDS = 10_000  # per documents/delete
 MAX_INPUTS = 2048  # embeddings inputs per request
 MAX_QUERIES = 256  # per search
@@ -350,8 +351,13 @@ def get_collection(name: str) -> Call[CollectionInfo]:
     return Call("GET", f"/v1/collections/{name}", collection_info)
 
 
-def list_collections() -> Call[list[CollectionInfo]]:
-    return Call("GET", "/v1/collections", lambda body: [collection_info(c) for c in body["data"]])
+def list_collections(cursor: str | None) -> Call[tuple[list[CollectionInfo], str | None]]:
+    """One page of the caller's collections by name (the most a page holds) and the next page's cursor, if any."""
+    params: dict[str, Any] = {"limit": MAX_PAGE}
+    if cursor is not None:
+        params["cursor"] = cursor
+    return Call("GET", "/v1/collections", lambda body: ([collection_info(c) for c in body["data"]],
+                                                        body.get("next_cursor")), params=params)
 
 
 def delete_collection(name: str) -> Call[None]:

@@ -107,7 +107,12 @@ class AsyncClient(_api.ClientBase[httpx.AsyncClient]):
         return AsyncCollection(self, name)
 
     async def list_collections(self) -> list[CollectionInfo]:
-        return await self._call(_api.list_collections())
+        """Every collection of the key's tenant, by name (fetched a page at a time)."""
+        infos, cursor = await self._call(_api.list_collections(None))
+        while cursor is not None:
+            more, cursor = await self._call(_api.list_collections(cursor))
+            infos += more
+        return infos
 
     async def delete_collection(self, name: str) -> None:
         await self._call(_api.delete_collection(name))

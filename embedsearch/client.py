@@ -113,7 +113,12 @@ class Client(_api.ClientBase[httpx.Client]):
         return Collection(self, name)
 
     def list_collections(self) -> list[CollectionInfo]:
-        return self._call(_api.list_collections())
+        """Every collection of the key's tenant, by name (fetched a page at a time)."""
+        infos, cursor = self._call(_api.list_collections(None))
+        while cursor is not None:
+            more, cursor = self._call(_api.list_collections(cursor))
+            infos += more
+        return infos
 
     def delete_collection(self, name: str) -> None:
         self._call(_api.delete_collection(name))

@@ -21,6 +21,7 @@ The engine owns the index; a collection whose index could not be opened (service
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from service.engine.engine import Engine
 
 T = TypeVar("T")
+log = logging.getLogger("service.collections")
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,14 @@ class Collections:
         raise not_found(name)
 
     async def _drop(self, row: CollectionRow) -> None:
+        """Delete ``row`` from SQL (the delete itself), then drop its index. An engine that cannot be told now
+        drops it by itself once it sees SQL without it (service/engine/engine.py ``_drop_deleted``); until then
+        the index serves nobody, since every answer from it is checked against SQL."""
         async with self._admin, self.write_lock(row):
             await asyncio.to_thread(self.store.delete_collection, row.id)
             self._forget(row)
-            await self.engine.drop_index(row.id)
+            try:
+                await self.engine.drop_index(row.id)
+            except Unavailable as exc:
+                log.warning("collection %s/%s is deleted; its index is dropped once the engine is back (%s)",
+                            row.tenant, row.name, exc.code)

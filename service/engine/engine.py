@@ -20,6 +20,7 @@ past it, a 503.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -33,6 +34,8 @@ from service.engine.registry import Registry
 from service.engine.served import ServedModel
 from service.engine.snapshots import Snapshots
 from service.errors import IndexGone
+
+log = logging.getLogger("service.engine")
 from service.settings import Settings
 from service.store.documents import CollectionRow, DocumentStore
 from service.store.filters import Filter
@@ -74,12 +77,28 @@ class Engine:
         self._maintaining = asyncio.get_running_loop().create_task(self._maintain())
 
     async def _maintain(self) -> None:
-        if self.snapshots is not None:
-            await self.snapshots.run(self._interval)
-            return
-        while True:  # Milvus: catch up with what servers that died between commit and Milvus left behind
+        """Every ``EMBEDSEARCH_SNAPSHOT_SECONDS``: drop the indexes of collections SQL no longer has, then snapshot
+        (FAISS) or catch Milvus up with what servers that died between commit and Milvus left behind."""
+        while True:
             await asyncio.sleep(self._interval)
-            await asyncio.to_thread(self.indexes.catch_up_all)
+            try:
+                await asyncio.to_thread(self._drop_deleted)
+            except Exception:
+                log.exception("could not compare the indexes with SQL's collections")
+            if self.snapshots is not None:
+                await self.snapshots.save_all(periodic=True)
+            else:
+                await asyncio.to_thread(self.indexes.catch_up_all)
+
+    def _drop_deleted(self) -> None:
+        """Drop the index of every collection deleted from SQL whose drop never reached the engine (the deleting
+        worker lost it, or died). The ids are taken before SQL is read: a collection is committed to SQL before
+        its index is made, so one the engine had then and SQL lacks now was deleted."""
+        held = self.indexes.collection_ids()
+        in_sql = {row.id for row in self.indexes.store.all_collections()}
+        for collection_id in held - in_sql:
+            log.info("dropping the index of collection %d: SQL no longer has it", collection_id)
+            self.indexes.drop(collection_id)
 
     async def stop(self) -> None:
         if self._maintaining is not None:

@@ -140,6 +140,11 @@ class Indexes:
     def failed(self) -> list[int]:
         return sorted(self._failed)
 
+    def collection_ids(self) -> set[int]:
+        """Every collection this engine holds an index of, failed ones too."""
+        with self._registering:
+            return set(self._live) | set(self._failed)
+
     def live(self) -> list[LiveIndex]:
         return list(self._live.values())
 

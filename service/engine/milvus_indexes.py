@@ -171,6 +171,10 @@ class MilvusIndexes:
     def state(self, collection_id: int) -> str | None:
         return "ready" if collection_id in self._live else None
 
+    def collection_ids(self) -> set[int]:
+        with self._registering:
+            return set(self._live)
+
     def failed(self) -> list[int]:
         """None: a collection Milvus cannot serve now answers 503 until it can, then serves."""
         return []

@@ -49,8 +49,3 @@ class Snapshots:
                 await asyncio.to_thread(self.save, live)
             except Exception:
                 log.exception("snapshot of collection %s/%s failed", live.row.tenant, live.row.name)
-
-    async def run(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            await self.save_all(periodic=True)

@@ -40,7 +40,7 @@ def test_the_clients_limits_are_the_servers():
     defaults = Settings()
     assert _api.MAX_DOCUMENTS == validation.MAX_DOCUMENTS and _api.MAX_GET_IDS == validation.MAX_PAGE
     assert _api.MAX_DELETE_IDS == validation.MAX_DELETE_IDS and _api.MAX_QUERIES == validation.MAX_QUERIES
-    assert _api.MAX_TOP_K == validation.MAX_TOP_K
+    assert _api.MAX_TOP_K == validation.MAX_TOP_K and _api.MAX_PAGE == validation.MAX_PAGE
     assert _api.MAX_SEARCH_HITS == validation.MAX_SEARCH_HITS and _api.MAX_INPUTS == defaults.max_inputs
     assert _api.BATCH_BYTES * 4 == defaults.max_body_bytes and _api.BATCH_TEXT_BYTES < defaults.max_request_tokens
 
