@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Controller, Request, delete, get, post
 
 from service.api.responses import errors
-from service.api.schemas import ApiKey, ApiKeyList, Deleted, KeyCreate
+from service.api.schemas import ApiKey, ApiKeyList, DeletedKey, KeyCreate
 from service.api.state import caller, services
 from service.store.keys import KeyRecord
 
@@ -31,6 +31,6 @@ class KeysController(Controller):
         return ApiKeyList(data=[_key(record) for record in records])
 
     @delete("/{key_id:int}", status_code=200, summary="Revoke a key (admin keys only)", responses=errors(403, 404))
-    async def revoke(self, key_id: int, request: Request) -> Deleted:
+    async def revoke(self, key_id: int, request: Request) -> DeletedKey:
         await services(request).authenticator.revoke(caller(request), key_id)
-        return Deleted(id=str(key_id), object="api_key")
+        return DeletedKey(id=key_id)

@@ -15,6 +15,7 @@ KEY_PREFIX = "es-"
 # The tenant of admin keys (EMBEDSEARCH_API_KEY's and the one generated on a first start): reserved, so
 # that no tenant key can read or delete the admin's collections.
 ADMIN_TENANT = "admin"
+MAX_KEY_ID = 2**63 - 1  # key ids are 64-bit integers (SQLite's and PostgreSQL's largest)
 
 
 class ReservedTenant(ValueError):
@@ -72,7 +73,9 @@ class KeyStore:
             return [KeyRecord(**row._mapping) for row in rows]
 
     def revoke(self, key_id: int) -> bool:
-        """Delete a key; whether there was one."""
+        """Delete a key; whether there was one (none has an id past a 64-bit integer: the database takes none)."""
+        if not -MAX_KEY_ID - 1 <= key_id <= MAX_KEY_ID:
+            return False
         with self.engine.begin() as conn:
             return conn.execute(delete(api_keys).where(api_keys.c.id == key_id)).rowcount > 0
 
