@@ -41,8 +41,34 @@ async def test_binary_and_json_vectors_are_the_same(db_client):
     assert stored.tolist() == vectors[3].tolist()  # as sent: SQL keeps the vector itself
 
 
+def both_alphabets() -> tuple[np.ndarray, str, str]:
+    """A vector whose base64 holds both `+` and `/`, in the standard and the URL-safe alphabet."""
+    vector = np.random.default_rng(0).standard_normal(8).astype("<f4")
+    raw = vector.tobytes()
+    standard, url_safe = base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()
+    assert {"+", "/"} <= set(standard) and {"-", "_"} <= set(url_safe)
+    return vector, standard, url_safe
+
+
+async def test_standard_and_url_safe_base64_decode_to_the_same_vector(client):
+    vector, standard, url_safe = both_alphabets()
+    await make(client, "alpha", dimension=8)
+    await upsert(client, "alpha", [{"id": "std", "vector": standard}, {"id": "url", "vector": url_safe}])
+    got = (await client.post("/v1/collections/alpha/documents/get",
+                             json={"ids": ["std", "url"], "include": ["vector"]})).json()["data"]
+    assert got[0]["vector"] == got[1]["vector"] == vector.tolist()
+    by_standard = await search(client, "alpha", vector=standard)
+    assert by_standard == await search(client, "alpha", vector=url_safe)
+    assert by_standard == await search(client, "alpha", vector=vector.tolist())
+
+
+_, _STANDARD, _URL_SAFE = both_alphabets()
+
+
 @pytest.mark.parametrize("value, words", [
     ("not base64!", "not base64"),
+    (_URL_SAFE.replace("-", "+", 1), "not base64"),  # the two alphabets mixed in one string
+    (_URL_SAFE.rstrip("="), "not base64"),  # padding left out
     (base64.b64encode(b"\x00" * 6).decode(), "not a whole number of float32"),
     (b64([1.0] * 7), "has 7 values; this collection's dimension is 8"),
     (b64([float("nan")] + [1.0] * 7), "NaN or infinite"),

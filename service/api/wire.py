@@ -37,12 +37,21 @@ def vector_out(blob: bytes, encoding: str) -> list[float] | str:
     return np.frombuffer(blob, dtype="<f4").tolist()
 
 
+def _b64decode(value: str) -> bytes:
+    """Padded base64 in the standard alphabet (``+/``) or the URL-safe one (``-_``), not a mix of the two."""
+    if "-" in value or "_" in value:
+        if "+" in value or "/" in value:
+            raise binascii.Error("two base64 alphabets in one string")
+        return base64.b64decode(value, altchars=b"-_", validate=True)
+    return base64.b64decode(value, validate=True)
+
+
 def vector_in(value: list[float] | str, where: str, param: str) -> list[float] | np.ndarray:
     """A vector as sent: JSON numbers pass through (the domain checks them), base64 becomes float32."""
     if not isinstance(value, str):
         return value
     try:
-        raw = base64.b64decode(value, validate=True)
+        raw = _b64decode(value)
     except (binascii.Error, ValueError):
         raise InvalidRequest(f"{where} is a string but not base64 (of little-endian float32 values).",
                              param=param) from None
