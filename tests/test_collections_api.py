@@ -92,7 +92,9 @@ async def test_bad_collections_are_refused(client, body, status, param):
 async def test_index_types_without_a_milvus_equivalent_are_400_on_milvus(client):
     """FAISS strings Milvus has no index for are refused at creation on the Milvus backend, and nothing is left."""
     milvus = client.app.state.services.engine.snapshots is None
-    for name, index in [("hsq", "HNSW32,SQ8"), ("pq", "PQ4"), ("opq", "OPQ4,IVF8,PQ4")]:
+    refused = [("hsq", "HNSW32,SQ8"), ("pq", "PQ4"), ("opq", "OPQ4,IVF8,PQ4"), ("pca", "PCA8,Flat"),
+               ("opq4", "OPQ4,IVF4,PQ4"), ("sq4", "IVF4,SQ4"), ("rflat", "Flat,RFlat")]
+    for name, index in refused:
         response = await client.post("/v1/collections", json={"name": name, "dimension": 8, "index": index})
         if milvus:
             assert_error(response, 400, param="index")
@@ -104,7 +106,7 @@ async def test_index_types_without_a_milvus_equivalent_are_400_on_milvus(client)
         await upsert(client, name, [{"id": str(i), "vector": v.tolist()} for i, v in enumerate(rng_vectors(20, 8))])
         assert (await search(client, name, vector=rng_vectors(1, 8)[0].tolist(), top_k=3))["data"]
     listed = {c["name"] for c in (await client.get("/v1/collections")).json()["data"]}
-    assert listed == ({"ivf", "sq8", "ivfpq"} if milvus else {"hsq", "pq", "opq", "ivf", "sq8", "ivfpq"})
+    assert listed == {"ivf", "sq8", "ivfpq"} | (set() if milvus else {name for name, _ in refused})
 
 
 async def test_duplicate_name_is_409(client):
@@ -327,6 +329,23 @@ async def test_gets_documents_by_ids_in_their_order(client):
     assert_error(await client.post("/v1/collections/nope/documents/get", json={"ids": ["1"]}), 404)
 
 
+async def test_an_unknown_include_is_a_400_on_every_route_that_takes_one(client):
+    """One rule: GET .../documents/{id} and POST .../documents/get take `vector` alone, search text, metadata
+    and vector; anything else is a 400 naming include, on each of them."""
+    await make(client, "inc", dimension=2)
+    await upsert(client, "inc", [{"id": "a", "vector": [1, 0], "text": "t"}])
+    for value in ("secret", "text", "metadata", ""):
+        assert_error(await client.get("/v1/collections/inc/documents/a", params={"include": value}), 400,
+                     param="include")
+        assert_error(await client.post("/v1/collections/inc/documents/get", json={"ids": ["a"], "include": [value]}),
+                     400, param="include")
+    for value in ("secret", ""):
+        assert_error(await client.post("/v1/collections/inc/search", json={"vector": [1, 0], "include": [value]}),
+                     400, param="include")
+    got = await client.get("/v1/collections/inc/documents/a", params={"include": "vector"})
+    assert got.status_code == 200 and got.json()["vector"] == [1.0, 0.0]
+
+
 async def test_tenants_cannot_see_each_others_collections(client):
     other = {"Authorization": f"Bearer {client.app.state.services.keys.create('other')}"}
     await make(client, "mine", dimension=2)
@@ -456,3 +475,23 @@ async def test_periodic_snapshots_are_spaced_by_their_own_duration(client, monke
     assert live.saved_position < live.position  # skipped: too soon after a 0.3 s write
     await engine.snapshots.save_all()
     assert live.saved_position == live.position
+
+
+async def test_collections_past_the_tenants_quota_are_a_403_and_the_list_comes_a_page_at_a_time(settings):
+    import msgspec
+
+    from tests.conftest import app_client
+
+    async with app_client(msgspec.structs.replace(settings, max_collections=3)) as client:
+        for name in ("c", "a", "b"):
+            await make(client, name, dimension=2)
+        refused = await client.post("/v1/collections", json={"name": "d", "dimension": 2})
+        assert_error(refused, 403, param="name", code="collection_quota_exceeded")
+        assert "3" in refused.json()["error"]["message"]
+        first = (await client.get("/v1/collections", params={"limit": 2})).json()
+        assert [c["name"] for c in first["data"]] == ["a", "b"] and first["has_more"]
+        rest = (await client.get("/v1/collections", params={"limit": 2, "cursor": first["next_cursor"]})).json()
+        assert [c["name"] for c in rest["data"]] == ["c"] and not rest["has_more"] and rest["next_cursor"] is None
+        assert_error(await client.get("/v1/collections", params={"limit": 0}), 400, param="limit")
+        assert (await client.delete("/v1/collections/a")).status_code == 200
+        await make(client, "d", dimension=2)  # room again

@@ -172,16 +172,18 @@ async def test_vector_collections_with_text_and_the_errors(client):
         ({"vectors": [[0, 1]], "keyword": "x", "mode": "hybrid"}, "keyword"),
         ({"vector": [0, 1], "keyword": " ", "mode": "keyword"}, "keyword"),
     ]
-    bad_fusions = [{"method": "rrf", "k": 0}, {"method": "rrf", "weights": {"dense": -1}},
+    bad_fusions = [{"method": "rrf", "k": 0}, {"k": 10_001}, {"method": "rrf", "weights": {"dense": -1}},
                    {"method": "rrf", "weights": {"dense": 0, "keyword": 0}}, {"method": "weighted", "alpha": 1.5},
                    {"method": "rrf", "candidates": 5}, {"method": "rrf", "candidates": 1001}]
     cases += [({"vector": [0, 1], "keyword": "x", "mode": "hybrid", "top_k": 10, "fusion": f}, "fusion")
               for f in bad_fusions]
     for body, param in cases:
         assert_error(await client.post(path, json=body), 400, param=param)
-    for fusion in [{"method": "borda"}, {"method": "rrf", "alpha": 0.5}, {"k": 60}]:
+    for fusion in [{"method": "borda"}, {"method": "rrf", "alpha": 0.5}, {"alpha": 0.5},
+                   {"method": "weighted", "k": 60}, {"method": "weighted", "weights": {"dense": 1}},
+                   {"k": 60, "bogus": 1}]:
         assert_error(await client.post(path, json={"vector": [0, 1], "keyword": "x", "mode": "hybrid",
-                                                   "fusion": fusion}), 400)
+                                                   "fusion": fusion}), 400, param="fusion")
     assert_error(await client.post(path, json={"vector": [0, 1], "mode": "fuzzy"}), 400)
     await make(client, "bare", dimension=2)
     await upsert(client, "bare", [{"id": "v", "vector": [0, 1]}])
@@ -191,18 +193,40 @@ async def test_vector_collections_with_text_and_the_errors(client):
     assert (await search(client, "empty", query="x", mode="keyword"))["data"] == []
 
 
+async def test_fusion_method_defaults_to_rrf_and_a_field_of_the_other_method_is_refused(client):
+    await texts_collection(client)
+    query = {"query": "the lazy cat sat on the mat", "mode": "hybrid", "top_k": 5, "explain": True}
+    for fusion, k in [({"k": 10}, 10), ({}, 60), ({"k": 10_000}, 10_000), ({"k": 1, "candidates": 50}, 1)]:
+        rrf = await search(client, "kw", **query, fusion={"method": "rrf", **fusion})
+        assert await search(client, "kw", **query, fusion=fusion) == rrf  # method left out: RRF
+        for hit in rrf["data"]:
+            ranks = [b["rank"] for b in hit["explain"].values() if b]
+            assert hit["score"] == pytest.approx(sum(1 / (k + rank) for rank in ranks), rel=1e-6)
+    error = assert_error(await client.post("/v1/collections/kw/search", json={**query, "fusion": {"alpha": 0.5}}),
+                         400, param="fusion")
+    assert "alpha" in error["message"] and "weighted" in error["message"]
+    error = assert_error(await client.post("/v1/collections/kw/search",
+                                           json={**query, "fusion": {"method": "weighted", "k": 5}}), 400,
+                         param="fusion")
+    assert "fusion.k" in error["message"] and "rrf" in error["message"]
+    error = assert_error(await client.post("/v1/collections/kw/search", json={**query, "fusion": {"k": 10_001}}),
+                         400, param="fusion")
+    assert "10000" in error["message"]
+
+
 async def test_the_openapi_schema_documents_the_new_fields(client):
     schema = (await client.get("/docs/openapi.json")).json()
     schemas = schema["components"]["schemas"]
     search = schemas["SearchRequest"]["properties"]
     assert search["mode"]["enum"] == ["dense", "keyword", "hybrid"] or "dense" in str(search["mode"])
     assert {"keyword", "fusion", "explain"} <= set(search)
-    fusion = str(search["fusion"])
-    assert "RRF" in fusion and "Weighted" in fusion
-    assert {"k", "weights", "candidates"} <= set(schemas["RRF"]["properties"])
-    assert {"alpha", "candidates"} <= set(schemas["Weighted"]["properties"])
+    assert "FusionParams" in str(search["fusion"])
+    fusion = schemas["FusionParams"]
+    assert {"method", "k", "weights", "alpha", "candidates"} <= set(fusion["properties"])
+    method = fusion["properties"]["method"]
+    assert method["enum"] == ["rrf", "weighted"] and method["default"] == "rrf"  # RRF unless told otherwise
     assert "explain" in schemas["Hit"]["properties"] and {"dense", "keyword"} <= set(schemas["Explain"]["properties"])
-    for name in ("RRF", "Weighted", "FusionWeights"):
+    for name in ("FusionParams", "FusionWeights"):
         assert schemas[name].get("additionalProperties") is False, name
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
 from litestar import Controller, MediaType, Request, Response, delete, get, post
 from litestar.params import Parameter
@@ -22,15 +22,15 @@ from service.api.schemas import (
     Document,
     DocumentList,
     DocumentPage,
-    RRF,
     EncodingFormat,
+    FusionParams,
+    FusionWeights,
     GetRequest,
     SearchRequest,
     SearchResponse,
     UpsertRequest,
     UpsertResponse,
     Usage,
-    Weighted,
 )
 from service.api.state import caller, services
 from service.domain.fusion import Fusion
@@ -62,14 +62,26 @@ def _query(data: SearchRequest) -> Query:
                  fusion=_fusion(data.fusion, data.top_k), explain=data.explain)
 
 
-def _fusion(given: RRF | Weighted | None, top_k: int) -> Fusion:
+# Each method's own fields: one of the other method's is refused, not ignored.
+_FUSION_FIELDS = {"rrf": ("k", "weights"), "weighted": ("alpha",)}
+
+
+def _fusion(given: FusionParams | None, top_k: int) -> Fusion:
     candidates = given.candidates if given is not None and given.candidates is not None else max(
         Fusion.candidates, top_k)
-    if isinstance(given, Weighted):
-        return Fusion("weighted", candidates, alpha=given.alpha)
-    if isinstance(given, RRF):
-        return Fusion("rrf", candidates, given.k, given.weights.dense, given.weights.keyword)
-    return Fusion(candidates=candidates)
+    if given is None:
+        return Fusion(candidates=candidates)
+    for method, fields in _FUSION_FIELDS.items():
+        wrong = [name for name in fields if method != given.method and getattr(given, name) is not None]
+        if wrong:
+            raise InvalidRequest(f"fusion.{wrong[0]} belongs to method `{method}`, not `{given.method}`"
+                                 + (" (the default)" if given.method == "rrf" else "")
+                                 + f": give \"method\": \"{method}\" or leave {wrong[0]} out.",
+                                 param="fusion", code="unknown_parameter")
+    if given.method == "weighted":
+        return Fusion("weighted", candidates, alpha=given.alpha if given.alpha is not None else Fusion.alpha)
+    weights = given.weights or FusionWeights()
+    return Fusion("rrf", candidates, given.k if given.k is not None else Fusion.k, weights.dense, weights.keyword)
 
 
 class CollectionsController(Controller):
@@ -82,10 +94,17 @@ class CollectionsController(Controller):
                                                           dimension=data.dimension, metric=data.metric, index=data.index)
         return wire.collection(info)
 
-    @get("/", summary="List your collections", responses=errors())
-    async def list_collections(self, request: Request) -> CollectionList:
-        infos = await services(request).collections.list(caller(request).tenant)
-        return CollectionList(data=[wire.collection(info) for info in infos])
+    @get("/", summary="List your collections (by name, a page at a time)", responses=errors())
+    async def list_collections(
+        self,
+        request: Request,
+        limit: Annotated[int, Parameter(description="page size, 1-1000")] = 100,
+        cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
+    ) -> CollectionList:
+        infos, more = await services(request).collections.list(
+            caller(request).tenant, after=wire.decode_cursor(cursor) if cursor else None, limit=limit)
+        return CollectionList(data=[wire.collection(info) for info in infos], has_more=more,
+                              next_cursor=wire.encode_cursor(infos[-1].name) if more and infos else None)
 
     @get("/{name:str}", summary="Describe a collection", responses=errors(404))
     async def get_collection(self, name: str, request: Request) -> Collection:
@@ -128,7 +147,7 @@ class CollectionsController(Controller):
         name: str,
         doc_id: str,
         request: Request,
-        include: Annotated[str | None, Parameter(description="`vector` to include the vector")] = None,
+        include: Annotated[Literal["vector"] | None, Parameter(description="`vector` to include the vector")] = None,
         encoding_format: Annotated[EncodingFormat, Parameter(
             description="the vector as JSON numbers (`float`) or base64 of little-endian float32")] = "float",
     ) -> Document:

@@ -70,8 +70,8 @@ class Health(msgspec.Struct, kw_only=True):
 Metric = Literal["cosine", "dot", "l2"]
 Filter = dict[str, Any]
 Include = Literal["text", "metadata", "vector"]
-# A vector as JSON numbers, or as base64 of its little-endian float32 bytes (the embeddings' base64 format):
-# a quarter of the bytes to send and to parse.
+# A vector as JSON numbers, or as base64 (standard or URL-safe alphabet, padded) of its little-endian float32
+# bytes (the embeddings' base64 format): a quarter of the bytes to send and to parse.
 Vector = list[float] | str
 EncodingFormat = Literal["float", "base64"]
 
@@ -104,11 +104,22 @@ class Collection(msgspec.Struct, kw_only=True):
 class CollectionList(msgspec.Struct, kw_only=True):
     object: Literal["list"] = "list"
     data: list[Collection]
+    # Pass as `cursor` to get the next page; null on the last page.
+    next_cursor: str | None = None
+    has_more: bool = False
 
 
 class Deleted(msgspec.Struct, kw_only=True):
     id: str
     object: str
+    deleted: bool = True
+
+
+class DeletedKey(msgspec.Struct, kw_only=True):
+    """A revoked key: its id an integer, as GET /v1/keys lists it."""
+
+    id: int
+    object: Literal["api_key"] = "api_key"
     deleted: bool = True
 
 
@@ -169,19 +180,17 @@ class FusionWeights(Request):
     keyword: float = 1.0
 
 
-class RRF(Request, tag_field="method", tag="rrf"):
-    """Reciprocal rank fusion: a hit scores the sum over the branches that found it of weight / (k + rank)."""
+class FusionParams(Request):
+    """Hybrid search's fusion of its dense and keyword rankings. `method` `rrf` (the default), reciprocal rank
+    fusion: a hit scores the sum over the branches that found it of weight / (k + rank), with `k` (1 to
+    10000, default 60) and `weights`. `weighted`: each branch's scores min-max normalised, then alpha x dense
+    + (1 - alpha) x keyword, with `alpha` (0 to 1, default 0.5). A field of the other method is a 400."""
 
-    k: int = 60
-    weights: FusionWeights = msgspec.field(default_factory=FusionWeights)
+    method: Literal["rrf", "weighted"] = "rrf"
+    k: int | None = None  # rrf only: 1 to MAX_RRF_K (service/domain/validation.py), default 60
+    weights: FusionWeights | None = None  # rrf only: default 1 and 1
+    alpha: float | None = None  # weighted only: the dense share, 0 to 1, default 0.5
     candidates: int | None = None  # hits each branch contributes, top_k to 1000; default: 100, or top_k if more
-
-
-class Weighted(Request, tag_field="method", tag="weighted"):
-    """Weighted fusion of min-max normalised scores: alpha x dense + (1 - alpha) x keyword."""
-
-    alpha: float = 0.5
-    candidates: int | None = None  # as RRF's
 
 
 class SearchRequest(Request):
@@ -202,7 +211,7 @@ class SearchRequest(Request):
     # The keyword query of keyword and hybrid modes; defaults to `query` (or each of `queries`); needed with `vector`.
     keyword: str | None = None
     # Hybrid mode's fusion; default {"method": "rrf", "k": 60, "weights": {"dense": 1, "keyword": 1}}.
-    fusion: RRF | Weighted | None = None
+    fusion: FusionParams | None = None
     # Add each hit's rank and score in each branch that found it.
     explain: bool = False
 

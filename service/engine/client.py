@@ -33,6 +33,7 @@ import msgspec
 import numpy as np
 
 from index import VectorIndex
+from index.milvus import milvus_type
 from service.engine import protocol as p
 from service.engine.indexes import tuning_from
 from service.engine.registry import Registry
@@ -59,6 +60,7 @@ class EngineClient:
         self.secret = secret
         self.deadline = settings.engine_deadline_seconds + DEADLINE_MARGIN
         self.tuning = tuning_from(settings)
+        self.milvus = settings.vector_backend == "milvus"
         self.models = served_models(settings, registry)
         self._tokenizers: dict[str, Tokenizer] = {}  # by tokenizer.json path
         self._ready: set[int] = set()  # collections whose index is known to be ready
@@ -202,7 +204,10 @@ class EngineClient:
 
     # -- indexes -------------------------------------------------------------------------------------
     def check_index(self, dimension: int, metric: str, factory: str) -> None:
-        VectorIndex(dimension, metric, factory, tuning=self.tuning)  # as the engine would: no call needed
+        """As the engine would (no call needed): the factory's own bounds, then on Milvus a Milvus equivalent."""
+        VectorIndex(dimension, metric, factory, tuning=self.tuning)
+        if self.milvus:
+            milvus_type(factory, dimension, self.tuning)
 
     async def open_index(self, collection_id: int) -> None:
         await self.call(p.Open(collection_id))
