@@ -231,6 +231,13 @@ async def test_a_collection_deleted_through_one_worker_is_gone_for_another(setup
         assert (await b.collections.describe("t", "c")).dimension == 3
         with pytest.raises(InvalidRequest):  # B's view is the new collection's, not the old one's
             await b.documents.upsert("t", "c", [vector])
+        # The same once B's engine connection has forgotten which indexes are ready (as after an engine restart):
+        # B asks the engine to open its stale row's index, the engine finds no such collection in SQL.
+        await a.collections.delete("t", "c")
+        await a.collections.create("t", "c", model=None, dimension=2, metric="cosine", index="Flat")
+        b.engine._ready.clear()
+        await b.documents.upsert("t", "c", [vector])
+        assert (await a.collections.describe("t", "c")).count == 1
     finally:
         for services in workers:
             await services.engine.stop()

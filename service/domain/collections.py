@@ -94,17 +94,15 @@ class Collections:
         failed). If the row proves stale on the way (CollectionDeleted from SQL, IndexGone from the engine), it
         is looked up again and ``work`` runs once more, on the collection that has that name now."""
         for attempt in (1, 2):
-            row = await self.get(tenant, name)
+            row = self._rows.get((tenant, name))
             try:
+                row = await self.get(tenant, name)
                 return await work(row)
-            except CollectionDeleted:
-                self._forget(row)
+            except (CollectionDeleted, IndexGone) as exc:
+                if row is not None:
+                    self._forget(row)
                 if attempt == 2:
-                    raise not_found(name) from None
-            except IndexGone:
-                self._forget(row)
-                if attempt == 2:
-                    raise
+                    raise not_found(name) if isinstance(exc, CollectionDeleted) else exc from None
         raise AssertionError("unreachable")
 
     async def get(self, tenant: str, name: str) -> CollectionRow:
