@@ -61,8 +61,9 @@ class Overloaded(Unavailable):
 
 
 class IndexGone(Unavailable):
-    """A collection's index was dropped or set aside while a request was on its way to it (another HTTP
-    worker deleted the collection, say): the client retries, and then hears what became of it."""
+    """The engine holds no index for this collection (another HTTP worker deleted it, say). The domain then
+    looks the collection up again (service/domain/collections.py ``using``); only if the engine still has no
+    index for what SQL holds does the client see this 503, retry, and hear what became of it."""
 
     code = "collection_changed"
 
