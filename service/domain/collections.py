@@ -94,7 +94,7 @@ class Collections:
         failed). If the row proves stale on the way (CollectionDeleted from SQL, IndexGone from the engine), it
         is looked up again and ``work`` runs once more, on the collection that has that name now."""
         for attempt in (1, 2):
-            row = self._rows.get((tenant, name))
+            row = cached = self._rows.get((tenant, name))
             try:
                 row = await self.get(tenant, name)
                 return await work(row)
@@ -103,6 +103,12 @@ class Collections:
                     self._forget(row)
                 if attempt == 2:
                     raise not_found(name) if isinstance(exc, CollectionDeleted) else exc from None
+            except InvalidRequest:
+                # Checked against a cached definition (a vector's dimension, say) before SQL or the engine was
+                # asked: refused only once SQL confirms that definition is still the collection's.
+                if cached is None or await asyncio.to_thread(self.store.collection, cached.id) is not None:
+                    raise
+                self._forget(cached)
         raise AssertionError("unreachable")
 
     async def get(self, tenant: str, name: str) -> CollectionRow:
