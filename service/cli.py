@@ -1,4 +1,8 @@
-"""Command line: ``python -m service serve | migrate | keys create``."""
+"""Command line: ``python -m service serve | migrate | keys create | snapshot | restore``.
+
+Each command checks its settings first (service/preflight.py) and ends with one ``error:`` line, having
+created nothing, when one is wrong.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import sys
 from pathlib import Path
 
 try:
+    from service import preflight
     from service.settings import Settings
 except ModuleNotFoundError as exc:  # a client-only install (`pip install embedsearch`) has no server
     raise SystemExit(f"The embedsearch server needs its dependencies ({exc.name} is not installed): "
@@ -53,12 +58,15 @@ def _process_setup(settings: Settings, process: str = "") -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
-    """The server: HTTP workers and an engine process (service/supervisor.py), or with 0 workers one process."""
+    """The server: HTTP workers and an engine process (service/supervisor.py), or with 0 workers one process.
+    The settings are checked and the port bound before the database is touched or a key is made."""
     settings = _settings(args)
+    preflight.check(settings, serve=True)
+    sock = preflight.listen(settings)
     _process_setup(settings)
     workers = settings.http_workers
     if workers == 0:
-        _uvicorn(settings)
+        _uvicorn(settings, sock=sock)
         return
     from service import supervisor
     from service.api.app import ensure_admin_key
@@ -69,7 +77,7 @@ def serve(args: argparse.Namespace) -> None:
         ensure_admin_key(KeyStore(database), settings)
     finally:
         database.dispose()
-    supervisor.run(settings, workers)
+    supervisor.run(settings, workers, sock)
 
 
 def worker_cmd(args: argparse.Namespace) -> None:
@@ -142,6 +150,7 @@ def _http_stack() -> tuple[str, str]:
 
 def migrate_cmd(args: argparse.Namespace) -> None:
     settings = _settings(args)
+    preflight.check(settings)
     _engine(settings).dispose()
     print(f"database at {settings.sqlalchemy_url.split('@')[-1]} is up to date")
 
@@ -150,7 +159,9 @@ def keys_create(args: argparse.Namespace) -> None:
     from service.store.keys import ADMIN_TENANT, KeyStore, ReservedTenant
 
     tenant = ADMIN_TENANT if args.admin and args.tenant is None else args.tenant
-    engine = _engine(_settings(args))
+    settings = _settings(args)
+    preflight.check(settings)
+    engine = _engine(settings)
     try:
         key = KeyStore(engine).create(tenant, admin=args.admin)
     except ReservedTenant as exc:
@@ -165,7 +176,9 @@ def keys_create(args: argparse.Namespace) -> None:
 def snapshot_cmd(args: argparse.Namespace) -> None:
     from service.store.backup import BackupError, dump
 
-    engine = _engine(_settings(args))
+    settings = _settings(args)
+    preflight.check(settings)
+    engine = _engine(settings)
     try:
         count = dump(engine, args.tenant, args.collection, args.out)
     except BackupError as exc:
@@ -178,7 +191,9 @@ def snapshot_cmd(args: argparse.Namespace) -> None:
 def restore_cmd(args: argparse.Namespace) -> None:
     from service.store.backup import BackupError, restore
 
-    engine = _engine(_settings(args))
+    settings = _settings(args)
+    preflight.check(settings)
+    engine = _engine(settings)
     try:
         name, count = restore(engine, args.file, args.tenant, args.name)
     except BackupError as exc:
@@ -237,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=restore_cmd)
 
     args = parser.parse_args(argv)
+    if args.command not in ("engine", "worker"):  # the children get the same environment: warned once, here
+        preflight.warn_unknown_variables()
     if getattr(args, "keys_command", None) == "create" and args.tenant is None and not args.admin:
         parser.error("give --tenant NAME (or --admin)")
     if getattr(args, "tenant", None) is not None and not 1 <= len(args.tenant) <= 64:

@@ -110,7 +110,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         try:
             return msgspec.convert(raw, cls, strict=False, dec_hook=_decode_path)
         except msgspec.ValidationError as exc:
-            raise SystemExit(f"invalid setting: {exc}") from None
+            message, _, where = str(exc).rpartition(" - at `$.")
+            name = where.rstrip("`").split(".")[0].split("[")[0]
+            if not message or name not in cls.__struct_fields__:
+                raise SystemExit(f"error: invalid setting: {exc}") from None
+            raise SystemExit(f"error: {ENV_PREFIX}{name.upper()}={raw[name]!r} is invalid: {message}") from None
 
 
 def _decode_path(type_: type, value: Any) -> Any:

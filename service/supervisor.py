@@ -9,14 +9,19 @@ forward pass holds, and several of them feed one batcher.
 
 This process only supervises:
 
-- It migrates the database and makes the first admin key before starting anything (once, not per worker).
+- ``serve`` binds the listening socket, migrates the database and makes the first admin key before it
+  starts anything (once, not per worker).
 - It makes this start's engine secret (random, 32 bytes) and hands it to each child it starts through a
   pipe of its own (``--secret-fd``: the child reads it and closes the pipe), never in argv, the
   environment or a file: the engine admits a connection only once it has shown that secret (and comes
   from the same uid), so no other local process can drive it (service/engine/protocol.py).
 - A child that dies is started again: the engine (its workers answer 503 ``engine_unavailable``
-  meanwhile and reconnect) or a worker. One that keeps dying within seconds of its start is started
-  again at most every ``MAX_BACKOFF`` seconds.
+  meanwhile and reconnect) or a worker. One that dies within ``QUICK_SECONDS`` of its start is started
+  again after a growing pause (at most ``MAX_BACKOFF`` seconds); one that does so ``GIVE_UP_AFTER`` times
+  in a row, the last time exiting by itself (not killed by a signal, as an operator or a test may do),
+  cannot start (a bad setting, a broken install): the server stops everything and exits 1 with one line
+  naming it, rather than restart it forever. The settings are checked before anything starts
+  (service/preflight.py), so this is the last resort.
 - SIGTERM (or SIGINT) drains: the workers first (each finishes its requests in flight, up to 30 s),
   then the engine (its batchers stop and every index is snapshotted); the exit status is 0.
 - Every child dies with it (``PR_SET_PDEATHSIG``), so a SIGKILL of this process stops them all, as a crash
@@ -41,6 +46,9 @@ from service.settings import Settings
 log = logging.getLogger("service")
 
 MAX_BACKOFF = 5.0  # seconds between restarts of a child that keeps dying
+QUICK_SECONDS = 10.0  # a child that exits sooner after its start died "quickly"
+GIVE_UP_AFTER = 3  # quick deaths in a row that stop the server
+COMMAND = [sys.executable, "-m", "service"]  # each child is this with `engine ...` or `worker ...`
 DRAIN_SECONDS = 40.0  # a worker's graceful shutdown (30 s) and some
 ENGINE_STOP_SECONDS = 300.0  # the engine's snapshots of every index
 
@@ -88,7 +96,7 @@ class Child:
         if self.process is None or (status := self.process.poll()) is None:
             return None
         self.process = None
-        quick = time.monotonic() - self.started < 10
+        quick = time.monotonic() - self.started < QUICK_SECONDS
         self.failures = self.failures + 1 if quick else 0
         self.next_start = time.monotonic() + (min(MAX_BACKOFF, 0.5 * 2 ** self.failures) if quick else 0.0)
         return status
@@ -119,24 +127,17 @@ def engine_address() -> str:
     return os.path.join(tempfile.mkdtemp(prefix="embedsearch-"), "engine.sock")
 
 
-def listen(settings: Settings) -> socket.socket:
-    sock = socket.create_server((settings.host, settings.port), family=socket.AF_INET6 if ":" in settings.host
-                                else socket.AF_INET, backlog=2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def run(settings: Settings, workers: int) -> None:
-    """Start the engine and ``workers`` HTTP workers, keep them running, drain them on SIGTERM; exit 0."""
+def run(settings: Settings, workers: int, sock: socket.socket) -> None:
+    """Start the engine and ``workers`` HTTP workers on the listening socket ``sock``, keep them running, drain
+    them on SIGTERM (exit 0); SystemExit (status 1) once a child has died quickly ``GIVE_UP_AFTER`` times."""
     address = engine_address()
-    sock = listen(settings)
     env = dict(os.environ, EMBEDSEARCH_DATA_DIR=str(settings.data_dir), EMBEDSEARCH_HOST=settings.host,
                EMBEDSEARCH_PORT=str(settings.port), EMBEDSEARCH_WORKERS=str(workers))
     secret = secrets.token_bytes(SECRET_BYTES)
-    python = [sys.executable, "-m", "service"]
-    engine = Child("engine", [*python, "engine", "--address", address], secret)
-    children = [Child(f"worker {i + 1}", [*python, "worker", "--address", address, "--fd", str(sock.fileno()),
+    engine = Child("engine", [*COMMAND, "engine", "--address", address], secret)
+    children = [Child(f"worker {i + 1}", [*COMMAND, "worker", "--address", address, "--fd", str(sock.fileno()),
                                           "--name", f"worker {i + 1}"], secret, (sock.fileno(),)) for i in range(workers)]
+    failed = ""
     stopping = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.append(True))
@@ -144,9 +145,14 @@ def run(settings: Settings, workers: int) -> None:
              workers, "" if workers == 1 else "s")
     for child in [engine, *children]:
         child.start(env)
-    while not stopping:
+    while not stopping and not failed:
         for child in [engine, *children]:
             status = child.reap()
+            if status is not None and status >= 0 and child.failures >= GIVE_UP_AFTER:
+                failed = (f"error: the {child.name} process exited {child.failures} times in a row within "
+                          f"{QUICK_SECONDS:.0f} s of its start (last exit status {status}; its log above says why); "
+                          "stopping the server")
+                break
             if status is not None and not stopping:
                 log.error("%s exited (status %s); starting it again", child.name, status)
             if child.process is None and time.monotonic() >= child.next_start and not stopping:
@@ -161,3 +167,5 @@ def run(settings: Settings, workers: int) -> None:
     engine.signal(signal.SIGTERM)
     engine.wait(ENGINE_STOP_SECONDS)
     log.info("stopped")
+    if failed:
+        raise SystemExit(failed)
