@@ -1,4 +1,4 @@
-"""Command line: ``python -m service serve | migrate | keys create | snapshot | restore``.
+"""Command line: ``embedsearch`` (or ``python -m service``) ``serve | migrate | keys | snapshot | restore | settings``.
 
 Each command checks its settings first (service/preflight.py) and ends with one ``error:`` line, having
 created nothing, when one is wrong.
@@ -14,18 +14,21 @@ from pathlib import Path
 
 try:
     from service import preflight
-    from service.settings import Settings
+    from service.settings import ENV_PREFIX, Settings
 except ModuleNotFoundError as exc:  # a client-only install (`pip install embedsearch`) has no server
     raise SystemExit(f"The embedsearch server needs its dependencies ({exc.name} is not installed): "
                      "pip install 'embedsearch[server]'") from None
 
 
+FLAGS = {"data_dir": "--data-dir", "host": "--host", "port": "--port"}  # settings a command-line flag may set
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name, None) for name in FLAGS}
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(
-        data_dir=getattr(args, "data_dir", None),
-        host=getattr(args, "host", None),
-        port=getattr(args, "port", None),
-    )
+    return Settings.from_env(**_flags(args))
 
 
 def _engine(settings: Settings):
@@ -155,29 +158,62 @@ def migrate_cmd(args: argparse.Namespace) -> None:
     print(f"database at {settings.sqlalchemy_url.split('@')[-1]} is up to date")
 
 
+def _keys(args: argparse.Namespace, *, create: bool = False):
+    """The key store of the server's database: one that exists already unless ``create``."""
+    from service.store.keys import KeyStore
+
+    settings = _settings(args)
+    preflight.check(settings, database_exists=not create)
+    return KeyStore(_engine(settings))
+
+
 def keys_create(args: argparse.Namespace) -> None:
-    from service.store.keys import ADMIN_TENANT, KeyStore, ReservedTenant
+    from service.store.keys import ADMIN_TENANT, ReservedTenant
 
     tenant = ADMIN_TENANT if args.admin and args.tenant is None else args.tenant
-    settings = _settings(args)
-    preflight.check(settings)
-    engine = _engine(settings)
+    store = _keys(args, create=args.create)
     try:
-        key = KeyStore(engine).create(tenant, admin=args.admin)
+        key = store.create(tenant, admin=args.admin)
     except ReservedTenant as exc:
         raise SystemExit(f"error: {exc}") from None
     finally:
-        engine.dispose()
+        store.engine.dispose()
     print(f"{'Admin key' if args.admin else 'API key for tenant ' + repr(tenant)} (shown once; only its hash is "
           "stored):")
     print(key)
+
+
+def keys_list(args: argparse.Namespace) -> None:
+    """Every key's record, one a line (never the key: only its hash is stored)."""
+    store = _keys(args)
+    try:
+        records = store.records()
+    finally:
+        store.engine.dispose()
+    rows = [("id", "tenant", "prefix", "admin", "created_at")]
+    rows += [(str(r.id), r.tenant, r.prefix, "yes" if r.admin else "no", r.created_at.isoformat(" ", "seconds"))
+             for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def keys_revoke(args: argparse.Namespace) -> None:
+    store = _keys(args)
+    try:
+        revoked = store.revoke(args.id)
+    finally:
+        store.engine.dispose()
+    if not revoked:
+        raise SystemExit(f"error: no key has the id {args.id} (`keys list` shows them)")
+    print(f"revoked key {args.id} (a running server refuses it within 10 s)")
 
 
 def snapshot_cmd(args: argparse.Namespace) -> None:
     from service.store.backup import BackupError, dump
 
     settings = _settings(args)
-    preflight.check(settings)
+    preflight.check(settings, database_exists=True)
     engine = _engine(settings)
     try:
         count = dump(engine, args.tenant, args.collection, args.out)
@@ -203,31 +239,67 @@ def restore_cmd(args: argparse.Namespace) -> None:
     print(f"restored {count} documents into {args.tenant}/{name}")
 
 
+def settings_cmd(args: argparse.Namespace) -> None:
+    """Every setting, its value (secrets masked) and where it came from: a flag, the environment or the default."""
+    import os
+
+    settings = _settings(args)
+    flags = _flags(args)
+    for name in Settings.__struct_fields__:
+        variable = ENV_PREFIX + name.upper()
+        source = FLAGS[name] if flags.get(name) is not None else "environment" if variable in os.environ else "default"
+        print(f"{variable:<36} {settings.shown(name):<24} {source}")
+
+
+def version() -> str:
+    """The installed package's version, else (a checkout run in place) pyproject.toml's."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("embedsearch")
+    except importlib.metadata.PackageNotFoundError:
+        import tomllib
+
+        try:
+            return tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+        except (OSError, KeyError, ValueError):
+            return "unknown"
+
+
+HIDDEN = ("engine", "worker")  # the processes `serve` starts: parsed only when asked for, so never listed
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m service", description="embedsearch server and tools")
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="embedsearch", description="embedsearch server and tools")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_data_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--data-dir", type=Path, help="data directory (default $EMBEDSEARCH_DATA_DIR or ./data)")
         return p
 
-    p = with_data_dir(commands.add_parser("serve", help="run the HTTP server"))
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 8000)")
+    def with_address(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--host", help="bind address (default $EMBEDSEARCH_HOST or 127.0.0.1)")
+        p.add_argument("--port", type=int, help="port (default $EMBEDSEARCH_PORT or 8000)")
+        return with_data_dir(p)
+
+    p = with_address(commands.add_parser("serve", help="run the HTTP server"))
     p.set_defaults(func=serve)
 
-    # The processes `serve` starts (service/supervisor.py); not for use by hand.
-    # --secret-fd: a pipe holding the start's engine secret, which the process reads and closes.
-    p = with_data_dir(commands.add_parser("engine", help=argparse.SUPPRESS))
-    p.add_argument("--address", required=True)
-    p.add_argument("--secret-fd", type=int, required=True)
-    p.set_defaults(func=engine_cmd)
-    p = with_data_dir(commands.add_parser("worker", help=argparse.SUPPRESS))
-    p.add_argument("--address", required=True)
-    p.add_argument("--secret-fd", type=int, required=True)
-    p.add_argument("--fd", type=int, required=True)
-    p.add_argument("--name", default="worker", help="its name in the log")
-    p.set_defaults(func=worker_cmd)
+    if argv[:1] and argv[0] in HIDDEN:
+        # The processes `serve` starts (service/supervisor.py); not for use by hand.
+        # --secret-fd: a pipe holding the start's engine secret, which the process reads and closes.
+        p = with_data_dir(commands.add_parser("engine"))
+        p.add_argument("--address", required=True)
+        p.add_argument("--secret-fd", type=int, required=True)
+        p.set_defaults(func=engine_cmd)
+        p = with_data_dir(commands.add_parser("worker"))
+        p.add_argument("--address", required=True)
+        p.add_argument("--secret-fd", type=int, required=True)
+        p.add_argument("--fd", type=int, required=True)
+        p.add_argument("--name", default="worker", help="its name in the log")
+        p.set_defaults(func=worker_cmd)
 
     p = with_data_dir(commands.add_parser("migrate", help="create or upgrade the database schema"))
     p.set_defaults(func=migrate_cmd)
@@ -237,7 +309,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tenant", help="tenant name (1-64 characters)")
     p.add_argument("--admin", action="store_true",
                    help="make an admin key (tenant admin): it may issue, list and revoke keys at /v1/keys")
+    p.add_argument("--create", action="store_true",
+                   help="make the database if there is none yet (else that is an error: a wrong --data-dir)")
     p.set_defaults(func=keys_create)
+    p = with_data_dir(keys.add_parser("list", help="list the keys (id, tenant, prefix, admin, created_at)"))
+    p.set_defaults(func=keys_list)
+    p = with_data_dir(keys.add_parser("revoke", help="revoke a key by its id (as `keys list` shows it)"))
+    p.add_argument("id", type=int)
+    p.set_defaults(func=keys_revoke)
 
     p = with_data_dir(commands.add_parser("snapshot", help="back up one collection (works while the server runs)"))
     p.add_argument("--tenant", required=True)
@@ -251,8 +330,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", help="restore under this name (default: the backed-up name)")
     p.set_defaults(func=restore_cmd)
 
+    p = with_address(commands.add_parser("settings", help="print every setting, its value and where it came from"))
+    p.set_defaults(func=settings_cmd)
+
     args = parser.parse_args(argv)
-    if args.command not in ("engine", "worker"):  # the children get the same environment: warned once, here
+    if args.command not in HIDDEN:  # the children get the same environment: warned once, here
         preflight.warn_unknown_variables()
     if getattr(args, "keys_command", None) == "create" and args.tenant is None and not args.admin:
         parser.error("give --tenant NAME (or --admin)")

@@ -33,7 +33,7 @@ def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
                 or name.startswith(NOT_SETTINGS_PREFIXES)):
             continue
         close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean {close[0]}?" if close else "the README lists them all (Settings)"
+        hint = f"did you mean {close[0]}?" if close else "`embedsearch settings` lists them all"
         print(f"warning: {name} is not a setting; {hint}", file=sys.stderr)
 
 
@@ -96,6 +96,20 @@ def check_database(settings: Settings) -> None:
         raise SystemExit(f"error: EMBEDSEARCH_DATABASE_URL ({shown}) cannot be used: {reason}") from None
 
 
+def check_database_exists(settings: Settings) -> None:
+    """A SQLite database file is there already: a command that reads keys or collections needs the server's
+    own database, not a new, empty one made in the wrong directory."""
+    from service.store.db import sqlite_path
+
+    path = sqlite_path(settings.sqlalchemy_url)
+    if path is None or os.path.exists(path):
+        return
+    if settings.database_url:
+        raise SystemExit(f"error: EMBEDSEARCH_DATABASE_URL names {path}, which does not exist")
+    raise SystemExit(f"error: there is no database in the data dir {str(settings.data_dir)!r}; point --data-dir "
+                     "or EMBEDSEARCH_DATA_DIR at the server's data dir (or pass --create to make a new one)")
+
+
 def listen(settings: Settings) -> socket.socket:
     """The server's listening socket, bound now (before the database is touched), inheritable by workers."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
@@ -108,7 +122,7 @@ def listen(settings: Settings) -> socket.socket:
     return sock
 
 
-def check(settings: Settings, *, serve: bool = False) -> None:
+def check(settings: Settings, *, serve: bool = False, database_exists: bool = False) -> None:
     """The checks a command needs: the database always; the models and the data dir for ``serve``, the data
     dir for any command where the SQLite file lives there."""
     if serve:
@@ -116,3 +130,5 @@ def check(settings: Settings, *, serve: bool = False) -> None:
     check_database(settings)
     if serve or not settings.database_url:
         check_data_dir(settings)
+    if database_exists:
+        check_database_exists(settings)

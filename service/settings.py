@@ -6,12 +6,14 @@ Every field maps to ``EMBEDSEARCH_<FIELD NAME IN UPPER CASE>``; the README lists
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
 import msgspec
 
 ENV_PREFIX = "EMBEDSEARCH_"
+SECRETS = ("api_key", "milvus_token")  # shown masked (and a password inside a URL too)
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
@@ -115,6 +117,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             if not message or name not in cls.__struct_fields__:
                 raise SystemExit(f"error: invalid setting: {exc}") from None
             raise SystemExit(f"error: {ENV_PREFIX}{name.upper()}={raw[name]!r} is invalid: {message}") from None
+
+    def shown(self, name: str) -> str:
+        """Field ``name``'s value as ``embedsearch settings`` prints it: secrets masked, and any password in a URL."""
+        value = getattr(self, name)
+        if value is None or value == "":
+            return ""
+        if name in SECRETS:
+            return "****"
+        return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1****@", str(value))
 
 
 def _decode_path(type_: type, value: Any) -> Any:

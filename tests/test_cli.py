@@ -1,5 +1,5 @@
 """The command line a newcomer meets first (issue #25): one line and a non-zero exit for a wrong setting, with
-nothing created.
+nothing created; the help, the version and the commands that manage keys and show the settings.
 
 Each command runs as ``python -m service ...`` in a subprocess of its own, with none of the caller's
 ``EMBEDSEARCH_*`` variables, and a data dir under the test's temporary directory.
@@ -88,7 +88,7 @@ def test_a_data_dir_that_cannot_be_written_is_refused(tmp_path: Path):
 
 def test_an_unreachable_postgresql_fails_every_command_in_one_line(tmp_path: Path):
     env = {"EMBEDSEARCH_DATABASE_URL": f"postgresql+psycopg://me:hunter2@127.0.0.1:{free_port()}/db"}
-    for command in (["migrate"], ["keys", "create", "--tenant", "acme"]):
+    for command in (["migrate"], ["keys", "create", "--tenant", "acme"], ["keys", "list"]):
         line = one_error(cli(*command, "--data-dir", str(tmp_path / "data"), env=env))
         assert "cannot be used" in line and "hunter2" not in line
     assert list(tmp_path.iterdir()) == []
@@ -100,6 +100,59 @@ def test_an_unknown_variable_is_named_with_the_closest_setting(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == ["warning: EMBEDSEARCH_MODLES is not a setting; did you mean "
                                           "EMBEDSEARCH_MODELS?"]
+
+
+def test_help_lists_the_public_commands_under_one_name():
+    result = cli("--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: embedsearch ")
+    assert "SUPPRESS" not in result.stdout and "engine" not in result.stdout and "worker" not in result.stdout
+    assert "{serve,migrate,keys,snapshot,restore,settings}" in result.stdout
+    wrong = cli("nosuch")
+    assert wrong.returncode == 2 and "'engine'" not in wrong.stderr and "'serve'" in wrong.stderr
+
+
+def test_version():
+    result = cli("--version")
+    assert result.returncode == 0 and result.stdout == "embedsearch 0.1.0\n"
+
+
+def test_keys_need_the_servers_database_and_are_listed_and_revoked(tmp_path: Path):
+    data = tmp_path / "data"
+    line = one_error(cli("keys", "create", "--tenant", "acme", "--data-dir", str(data)))
+    assert "--data-dir" in line and "EMBEDSEARCH_DATA_DIR" in line and "--create" in line
+    assert not data.exists()
+    one_error(cli("keys", "list", "--data-dir", str(data)))
+    assert not data.exists()
+
+    made = cli("keys", "create", "--tenant", "acme", "--create", "--data-dir", str(data))
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.splitlines()[-1]
+    assert key.startswith("es-")
+    listed = cli("keys", "list", "--data-dir", str(data))
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["id", "tenant", "prefix", "admin", "created_at"]
+    key_id, tenant, prefix, admin, *_ = row.split()
+    assert (tenant, admin) == ("acme", "no") and key.startswith(prefix) and key not in listed.stdout
+
+    assert cli("keys", "revoke", key_id, "--data-dir", str(data)).returncode == 0
+    assert [line.split() for line in cli("keys", "list", "--data-dir", str(data)).stdout.splitlines()] == [header.split()]
+    assert "no key has the id" in one_error(cli("keys", "revoke", key_id, "--data-dir", str(data)))
+
+
+def test_settings_are_shown_with_their_source_and_secrets_masked():
+    result = cli("settings", "--port", "9999", env={
+        "EMBEDSEARCH_API_KEY": "hunter2", "EMBEDSEARCH_MILVUS_TOKEN": "root:hunter2",
+        "EMBEDSEARCH_DATABASE_URL": "postgresql+psycopg://me:hunter2@db/embed"})
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout
+    shown = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()}
+    assert set(shown) == {"EMBEDSEARCH_" + name.upper() for name in Settings.__struct_fields__}
+    assert shown["EMBEDSEARCH_PORT"] == ["9999", "--port"]
+    assert shown["EMBEDSEARCH_HOST"] == ["127.0.0.1", "default"]
+    assert shown["EMBEDSEARCH_API_KEY"] == ["****", "environment"]
+    assert shown["EMBEDSEARCH_DATABASE_URL"] == ["postgresql+psycopg://me:****@db/embed", "environment"]
 
 
 def test_the_supervisor_stops_when_a_child_cannot_start(monkeypatch: pytest.MonkeyPatch):

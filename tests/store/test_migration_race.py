@@ -29,7 +29,7 @@ from tests.server import ROOT
 pytestmark = pytest.mark.unit
 
 ROUNDS = 2  # fresh databases each; without the lock 14 of 14 SQLite and 11 of 12 PostgreSQL rounds failed
-COMMANDS = [["migrate"]] * 3 + [["keys", "create", "--tenant", "x"]] * 2
+COMMANDS = [["migrate"]] * 3 + [["keys", "create", "--tenant", "x", "--create"]] * 2
 # `python -m service ...` (service/__main__.py is `cli.main()`), but with the imports done first and
 # the start held until every process is ready: starting a Python process takes about a second, a
 # migration a fraction of that, so that unsynchronised starts would race only some of the time.
@@ -79,7 +79,7 @@ def run_together(data_dir: Path, database_url: str = "") -> None:
     engine = make_engine(database_url or f"sqlite:///{data_dir / 'embedsearch.db'}")
     try:
         assert at_head(engine)
-        assert key_count(engine) == COMMANDS.count(["keys", "create", "--tenant", "x"])
+        assert key_count(engine) == COMMANDS.count(["keys", "create", "--tenant", "x", "--create"])
     finally:
         engine.dispose()
 
