@@ -12,7 +12,6 @@ import difflib
 import os
 import socket
 import sys
-from pathlib import Path
 from typing import Mapping
 
 from service.settings import ENV_PREFIX, Settings
