@@ -339,7 +339,7 @@ def test_log_format_setting_is_validated():
 
     assert Settings.from_env({}).log_format == "text"
     assert Settings.from_env({"EMBEDSEARCH_LOG_FORMAT": "json"}).log_format == "json"
-    with pytest.raises(SystemExit, match="log_format"):
+    with pytest.raises(SystemExit, match="EMBEDSEARCH_LOG_FORMAT="):
         Settings.from_env({"EMBEDSEARCH_LOG_FORMAT": "xml"})
 
 
