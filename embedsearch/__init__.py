@@ -11,6 +11,8 @@ Framework integrations: ``embedsearch.langchain`` and ``embedsearch.llama_index`
 alone; the server is ``pip install 'embedsearch[server]'``.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from embedsearch.async_client import AsyncClient, AsyncCollection
 from embedsearch.client import Client, Collection
 from embedsearch.errors import (
@@ -30,8 +32,13 @@ from embedsearch.errors import (
 )
 from embedsearch.types import ApiKey, CollectionInfo, Document, Hit, Model, Page
 
+try:
+    __version__ = version("embedsearch")
+except PackageNotFoundError:  # a checkout run in place, not installed
+    __version__ = "0+unknown"
+
 __all__ = [
-    "Client", "AsyncClient", "Collection", "AsyncCollection",
+    "__version__", "Client", "AsyncClient", "Collection", "AsyncCollection",
     "CollectionInfo", "Document", "Hit", "Page", "Model", "ApiKey",
     "EmbedsearchError", "APIConnectionError", "APITimeoutError", "APIStatusError", "BadRequestError",
     "AuthenticationError", "PermissionDeniedError", "NotFoundError", "ConflictError", "RequestTooLargeError",

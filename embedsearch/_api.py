@@ -305,7 +305,7 @@ def progress(items: Iterable[Any], description: str, show: bool | None, limit: i
     total = len(items) if isinstance(items, Sized) else None
     if show is None:
         show = (total is None or total > limit) and sys.stderr.isatty()
-    return tqdm(total=total, desc=description, unit="doc", disable=not show, leave=False)
+    return tqdm(total=total, desc=description, unit="doc", unit_scale=True, disable=not show)  # left on screen
 
 
 # -- routes ----------------------------------------------------------------------------------------

@@ -430,3 +430,25 @@ def test_logging_module_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"
+
+
+def test_start_up_chatter_of_faiss_and_alembic_is_debug_only():
+    """FAISS's probing of optional builds and alembic's plugin set-up stay out of an INFO log, and come back at
+    DEBUG."""
+    import logging
+
+    from service.observability.logging import QUIET_LOGGERS, setup_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        setup_logging("INFO")
+        assert not any(logging.getLogger(name).isEnabledFor(logging.INFO) for name in QUIET_LOGGERS)
+        assert logging.getLogger("service").isEnabledFor(logging.INFO)
+        setup_logging("DEBUG")
+        assert all(logging.getLogger(name).isEnabledFor(logging.DEBUG) for name in QUIET_LOGGERS)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)

@@ -121,10 +121,17 @@ def make_handler(fmt: str, stream: Any = None, process: str = "") -> logging.Han
     return handler
 
 
+# Libraries' start-up chatter, shown only at DEBUG: FAISS's probing of optional CPU builds (a
+# ModuleNotFoundError logged twice a process) and alembic's plugin set-up (seven lines a process).
+QUIET_LOGGERS = ("faiss.loader", "alembic.runtime.plugins")
+
+
 def setup_logging(level: str, fmt: str = "text", process: str = "") -> None:
     """Send every log record (uvicorn's too) to stderr in the chosen format, tagged with ``process``. For the
     CLI only."""
     logging.basicConfig(level=level.upper(), handlers=[make_handler(fmt, process=process)], force=True)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING)
 
 
 def disable_progress_bars() -> None:

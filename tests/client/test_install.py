@@ -46,8 +46,12 @@ def test_the_clients_limits_are_the_servers():
 
 
 CLIENT_RUN = """
+import importlib.metadata
+import importlib.resources
 import sys
 import embedsearch
+assert embedsearch.__version__ == importlib.metadata.version("embedsearch"), embedsearch.__version__
+assert importlib.resources.files("embedsearch").joinpath("py.typed").is_file()  # PEP 561
 client = embedsearch.Client(sys.argv[1], sys.argv[2])
 kb = client.create_collection("installed", dimension=3)
 kb.upsert([{"id": "a", "vector": [1, 0, 0]}, {"id": "b", "vector": [0, 1, 0]}])
