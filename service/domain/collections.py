@@ -89,14 +89,16 @@ class Collections:
         self._writes: dict[int, asyncio.Lock] = {}
         self._admin = asyncio.Lock()  # create, open, delete
 
-    async def using(self, tenant: str, name: str, work: Callable[[CollectionRow], Awaitable[T]]) -> T:
-        """``work(row)`` on the collection ``name``, ready for searches and writes (NotFound; Unavailable if it
-        failed). If the row proves stale on the way (CollectionDeleted from SQL, IndexGone from the engine), it
-        is looked up again and ``work`` runs once more, on the collection that has that name now."""
+    async def using(self, tenant: str, name: str, work: Callable[[CollectionRow], Awaitable[T]], *,
+                    ready: bool = True) -> T:
+        """``work(row)`` on the collection ``name``, ready for searches and writes unless not ``ready`` is asked
+        for (NotFound; Unavailable if it failed). If the row proves stale on the way (CollectionDeleted from SQL,
+        IndexGone from the engine), it is looked up again and ``work`` runs once more, on the collection that has
+        that name now."""
         for attempt in (1, 2):
             row = cached = self._rows.get((tenant, name))
             try:
-                row = await self.get(tenant, name)
+                row = await self.get(tenant, name, ready=ready)
                 return await work(row)
             except (CollectionDeleted, IndexGone) as exc:
                 if row is not None:
@@ -111,15 +113,15 @@ class Collections:
                 self._forget(cached)
         raise AssertionError("unreachable")
 
-    async def get(self, tenant: str, name: str) -> CollectionRow:
-        """The collection named so, ready for searches and writes (NotFound; Unavailable if it failed), from the
-        cache if it holds it (see ``using`` for when it proves stale)."""
+    async def get(self, tenant: str, name: str, *, ready: bool = True) -> CollectionRow:
+        """The collection named so, from the cache if it holds it (see ``using`` for when it proves stale);
+        NotFound, or with ``ready`` Unavailable unless its index serves (a failed one)."""
         row = self._rows.get((tenant, name))
         if row is None:
             row = await asyncio.to_thread(self.store.get_collection, tenant, name)
             if row is None:
                 raise not_found(name)
-        if await self._state(row) != "ready":
+        if ready and await self._state(row) != "ready":
             raise _unavailable(name)
         self._rows[(tenant, name)] = row
         return row
@@ -218,19 +220,7 @@ class Collections:
 
     async def delete(self, tenant: str, name: str) -> None:
         """Delete a collection, its documents and its index (a failed one too: the way out for it)."""
-        await to_the_end(self._deleting(tenant, name))
-
-    async def _deleting(self, tenant: str, name: str) -> None:
-        for attempt in (1, 2):
-            row = self._rows.get((tenant, name)) or await asyncio.to_thread(self.store.get_collection, tenant, name)
-            if row is None:
-                raise not_found(name)
-            try:
-                await self._drop(row)
-                return
-            except CollectionDeleted:  # through another worker: the name may hold a new collection now
-                self._forget(row)
-        raise not_found(name)
+        await to_the_end(self.using(tenant, name, self._drop, ready=False))
 
     async def _drop(self, row: CollectionRow) -> None:
         """Delete ``row`` from SQL (the delete itself), then drop its index. An engine that cannot be told now
