@@ -268,11 +268,13 @@ async function search() {
   if (filter !== undefined) body.filter = filter;
   const answer = await api("POST", `${collectionPath(state.collection)}/search`, body);
   const hits = $("#hits");
-  hits.replaceChildren(...answer.data.map(renderHit));
+  // The branches that ran: a hybrid hit's explain says how each one ranked it.
+  const branches = body.mode === "hybrid" ? ["dense", "keyword"] : [body.mode];
+  hits.replaceChildren(...answer.data.map((hit) => renderHit(hit, branches)));
   if (!answer.data.length) hits.append(el("li", { className: "muted", textContent: "No hits." }));
 }
 
-function renderHit(hit) {
+function renderHit(hit, branches) {
   const item = el("li", { className: "hit" },
     el("div", {}, el("span", { className: "id", textContent: hit.id }), " ",
        el("span", { className: "score", textContent: hit.score.toFixed(4) })),
@@ -284,7 +286,7 @@ function renderHit(hit) {
       const b = hit.explain[name];
       return b ? `${name}: rank ${b.rank}, score ${b.score.toFixed(4)}` : `${name}: not found`;
     };
-    item.append(el("div", { className: "explain", textContent: `${branch("dense")} · ${branch("keyword")}` }));
+    item.append(el("div", { className: "explain", textContent: branches.map(branch).join(" · ") }));
   }
   return item;
 }
