@@ -102,6 +102,11 @@ def main(tiny_model_py: str) -> None:
         if status != 200 or [hit["id"] for hit in body["data"]][:1] != ["fruit"]:
             fail(f"the search answered {status}: {body}")
         print(f"embedding, upsert and search answered; top hit {body['data'][0]['id']!r}")
+        for page in ("/docs", "/docs/assets/swagger-ui-bundle.js", "/console", "/console/console.js"):
+            with urllib.request.urlopen(base + page, timeout=30) as response:  # raises on an error status
+                if len(response.read()) < 500:
+                    fail(f"{page} is nearly empty: the wheel lacks the web pages' files")
+        print("the docs viewer and the console are served from the wheel")
     except SystemExit:
         log.seek(0)
         print(log.read()[-5000:], file=sys.stderr)

@@ -2,8 +2,8 @@
 
 Only here are the parts wired together: the store (SQL), the engine (models and indexes), the domain
 services over them, and the Litestar app (routes, authentication, limits, errors, OpenAPI docs) that
-reaches the domain alone. The lifespan owns every resource: it opens them on start and closes them
-on shutdown, snapshotting the indexes last.
+reaches the domain alone, with its two web pages (service/api/pages.py). The lifespan owns every
+resource: it opens them on start and closes them on shutdown, snapshotting the indexes last.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from litestar import Litestar
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine as Database
@@ -30,6 +30,7 @@ from service.api.keys import KeysController
 from service.api.limits import LimitedRequest
 from service.api.models import ModelsController
 from service.api.operations import health, metrics_endpoint, ready
+from service.api.pages import SwaggerUI, console_router, docs_router
 from service.api.paths import WholeDocumentIds
 from service.api.ratelimit import RateLimiter
 from service.api.responses import StrictBodies
@@ -133,7 +134,7 @@ def create_app(settings: Settings, registry: Registry | None = None,
     limiter = RateLimiter.from_settings(settings, 1 if engine_process is None else settings.http_workers)
     app = Litestar(
         route_handlers=[EmbeddingsController, ModelsController, CollectionsController, KeysController, health, ready,
-                        metrics_endpoint],
+                        metrics_endpoint, console_router()],
         # Outermost first: a handler whose client went away stops waiting (for the encoder, say).
         middleware=[DefineMiddleware(CancelOnDisconnect),
                     BearerAuth],
@@ -149,7 +150,11 @@ def create_app(settings: Settings, registry: Registry | None = None,
             version="0.1.0",
             description="OpenAI-compatible embeddings on Gemma 3, and vector search over FAISS + SQL.",
             path="/docs",
-            render_plugins=[ScalarRenderPlugin()],
+            openapi_router=docs_router(),
+            render_plugins=[SwaggerUI()],  # served from this server: the docs render offline
+            components=Components(security_schemes={"apiKey": SecurityScheme(
+                type="http", scheme="bearer", description="An API key: `Authorization: Bearer es-...`")}),
+            security=[{"apiKey": []}],
         ),
     )
     app.asgi_handler = WholeDocumentIds(app.asgi_handler)  # document ids with "/" reach their routes whole
