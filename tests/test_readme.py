@@ -49,7 +49,7 @@ from tests.conftest import real_model_cache
 from tests.server import ROOT, ServerProcess
 
 README = ROOT / "README.md"
-BLOCK_TIMEOUT = 120.0  # seconds for one block; the whole run takes about a minute on 2 cores
+BLOCK_TIMEOUT = 120.0  # seconds for one block; the whole run takes about 25 s on 2 cores (the model converted)
 RUN = {"sh": "shell", "bash": "shell", "shell": "shell", "python": "python"}
 NEVER = {"", "console", "shell-session", "sh-session", "py", "python3", "pycon"}  # ambiguous: name sh, python or text
 KEY_PLACEHOLDER = "es-..."
