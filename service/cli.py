@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 try:
@@ -92,8 +94,11 @@ def worker_cmd(args: argparse.Namespace) -> None:
     # Not uvicorn's own fd= (it takes any fd for a Unix socket, and so leaves TCP_NODELAY off: 40 ms a response).
     from service.engine.protocol import read_secret
 
+    from service.supervisor import say_ready
+
     engine_process = (args.address, read_secret(args.secret_fd))
-    _uvicorn(settings, engine_process=engine_process, sock=socket.socket(fileno=args.fd))
+    _uvicorn(settings, engine_process=engine_process, sock=socket.socket(fileno=args.fd),
+             started=lambda: say_ready(args.ready_fd))
 
 
 def engine_cmd(args: argparse.Namespace) -> None:
@@ -106,6 +111,7 @@ def engine_cmd(args: argparse.Namespace) -> None:
     from service.engine.server import serve as serve_engine
     from service.store.db import make_engine
     from service.store.documents import DocumentStore
+    from service.supervisor import say_ready
 
     secret = read_secret(args.secret_fd)
     settings = _settings(args)
@@ -113,20 +119,23 @@ def engine_cmd(args: argparse.Namespace) -> None:
     database = make_engine(settings.sqlalchemy_url)
     engine = Engine(settings, Registry.load(settings.models_file), DocumentStore(database))
     loop, _ = _http_stack()
+    serving = serve_engine(engine, args.address, settings.model_cache, secret, ready=lambda: say_ready(args.ready_fd))
     try:
         if loop == "uvloop":
             import uvloop
 
-            uvloop.run(serve_engine(engine, args.address, settings.model_cache, secret))
+            uvloop.run(serving)
         else:
-            asyncio.run(serve_engine(engine, args.address, settings.model_cache, secret))
+            asyncio.run(serving)
     finally:
         database.dispose()
 
 
-def _uvicorn(settings: Settings, *, engine_process: tuple[str, bytes] | None = None, sock: object = None) -> None:
+def _uvicorn(settings: Settings, *, engine_process: tuple[str, bytes] | None = None, sock: object = None,
+             started: Callable[[], None] = lambda: None) -> None:
     """Serve the app on ``settings``' host and port, or on the listening socket ``sock`` (an HTTP worker's, with
-    ``engine_process``: the engine process's address and this start's secret)."""
+    ``engine_process``: the engine process's address and this start's secret). Once the app has started and
+    serves: one INFO line saying so, then ``started()`` (a worker tells the supervisor it is ready)."""
     import uvicorn
 
     from service.api.app import create_app
@@ -135,11 +144,22 @@ def _uvicorn(settings: Settings, *, engine_process: tuple[str, bytes] | None = N
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: let that end in exit 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     loop, http = _http_stack()
-    logging.getLogger("service").info("HTTP stack: uvicorn, %s event loop, %s parser", loop, http)
+    stack = f"uvicorn, {loop} event loop, {http} parser"
+    where = (f"serving http://{settings.host}:{settings.port} (pid {os.getpid()}; {stack})" if engine_process else
+             f"serving on http://{settings.host}:{settings.port} in one process ({stack}; the models load in the "
+             "background: GET /ready says when they are ready)")
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # the app's start-up is done and the socket is served
+                logging.getLogger("service").info("%s", where)
+                started()
+
     # log_config=None: uvicorn's records go through our handler (and format); the app writes the access log.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                             loop=loop, http=http, timeout_graceful_shutdown=30, log_config=None, access_log=False)
-    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+    Server(config).run(sockets=[sock] if sock is not None else None)
 
 
 def _http_stack() -> tuple[str, str]:
@@ -241,8 +261,6 @@ def restore_cmd(args: argparse.Namespace) -> None:
 
 def settings_cmd(args: argparse.Namespace) -> None:
     """Every setting, its value (secrets masked) and where it came from: a flag, the environment or the default."""
-    import os
-
     settings = _settings(args)
     flags = _flags(args)
     for name in Settings.__struct_fields__:
@@ -264,6 +282,13 @@ def version() -> str:
             return tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
         except (OSError, KeyError, ValueError):
             return "unknown"
+
+
+def _private_fd(text: str) -> int:
+    """An fd handed to this process, kept from any process it starts in turn (milvus-lite, say)."""
+    fd = int(text)
+    os.set_inheritable(fd, False)
+    return fd
 
 
 HIDDEN = ("engine", "worker")  # the processes `serve` starts: parsed only when asked for, so never listed
@@ -290,13 +315,16 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] and argv[0] in HIDDEN:
         # The processes `serve` starts (service/supervisor.py); not for use by hand.
         # --secret-fd: a pipe holding the start's engine secret, which the process reads and closes.
+        # --ready-fd: a pipe the process writes one line to, and closes, once it is ready (service/supervisor.py).
         p = with_data_dir(commands.add_parser("engine"))
         p.add_argument("--address", required=True)
         p.add_argument("--secret-fd", type=int, required=True)
+        p.add_argument("--ready-fd", type=_private_fd)
         p.set_defaults(func=engine_cmd)
         p = with_data_dir(commands.add_parser("worker"))
         p.add_argument("--address", required=True)
         p.add_argument("--secret-fd", type=int, required=True)
+        p.add_argument("--ready-fd", type=_private_fd)
         p.add_argument("--fd", type=int, required=True)
         p.add_argument("--name", default="worker", help="its name in the log")
         p.set_defaults(func=worker_cmd)

@@ -153,19 +153,3 @@ def test_settings_are_shown_with_their_source_and_secrets_masked():
     assert shown["EMBEDSEARCH_HOST"] == ["127.0.0.1", "default"]
     assert shown["EMBEDSEARCH_API_KEY"] == ["****", "environment"]
     assert shown["EMBEDSEARCH_DATABASE_URL"] == ["postgresql+psycopg://me:****@db/embed", "environment"]
-
-
-def test_the_supervisor_stops_when_a_child_cannot_start(monkeypatch: pytest.MonkeyPatch):
-    """A child that exits by itself within seconds of each start, three times in a row, stops the server with
-    one line naming it, instead of being started again forever."""
-    monkeypatch.setattr(supervisor, "COMMAND", [sys.executable, "-c", "import sys; sys.exit(3)"])
-    monkeypatch.setattr(supervisor, "MAX_BACKOFF", 0.2)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        with socket.create_server(("127.0.0.1", 0)) as sock, pytest.raises(SystemExit) as exited:
-            supervisor.run(Settings(), 1, sock)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    assert re.match(rf"error: the (engine|worker 1) process exited {supervisor.GIVE_UP_AFTER} times in a row within "
-                    r"10 s of its start \(last exit status 3", str(exited.value)), exited.value

@@ -9,6 +9,7 @@ and every process exits.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -68,6 +69,15 @@ def ready(url: str) -> dict | None:
     return response.json() if response.status_code == 200 else None
 
 
+def start_lines(log: str) -> dict[str, list[str]]:
+    """The INFO lines up to the supervisor's "serving on": for each process (the supervisor is "")."""
+    lines: dict[str, list[str]] = {}
+    for line in log[:log.index(" service: serving on ")].splitlines():
+        if found := re.match(r"\d\d:\d\d:\d\d INFO +(?:\[([^]]+)\] )?(.*)", line):
+            lines.setdefault(found[1] or "", []).append(found[2])
+    return lines
+
+
 def test_two_workers_one_engine_restart_backpressure_and_drain(tmp_path: Path, models_file: Path):
     env = {"EMBEDSEARCH_API_KEY": API_KEY, "EMBEDSEARCH_MODELS": "tiny", "EMBEDSEARCH_MODELS_FILE": str(models_file),
            "EMBEDSEARCH_WORKERS": "2", "EMBEDSEARCH_QUEUE_MAX_INPUTS": "8"}
@@ -78,6 +88,13 @@ def test_two_workers_one_engine_restart_backpressure_and_drain(tmp_path: Path, m
         assert len(role(pid, "engine")) == 1 and len(role(pid, "worker")) == 2
         body = ready(server.url)
         assert body["processes"] == {"engine": "ok", "workers": 2, "expected_workers": 2}
+        # A quiet start: one INFO line a process, saying what it serves; the supervisor's once all are ready.
+        started = start_lines(server.output())
+        assert sorted(started) == ["", "engine", "worker 1", "worker 2"], started
+        assert all(len(lines) == 1 for lines in started.values()), started
+        assert started["engine"][0].startswith("service.engine: engine ready (pid ")
+        assert "model tiny (dimension 64) on cpu" in started["engine"][0]
+        assert started["worker 1"][0].startswith(f"service: serving http://127.0.0.1:{server.port} (pid ")
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
             client.post("/v1/collections", json={"name": "c", "model": "tiny", "index": "Flat"}).raise_for_status()
             texts = [" ".join(WORDS[i:i + 4]) for i in range(0, 32, 4)]  # words the tiny model knows
@@ -110,6 +127,15 @@ def test_two_workers_one_engine_restart_backpressure_and_drain(tmp_path: Path, m
             found = wait_for(lambda: (r := client.post("/v1/collections/c/search", json={"query": texts[5], "top_k": 1})
                                       ).status_code == 200 and r.json(), 10, "searches served again")
             assert found["data"][0]["id"] == "5"
+
+            # A worker dies (SIGKILL): the other one serves meanwhile, the supervisor starts a new one.
+            killed = role(pid, "worker")[0]
+            os.kill(killed, signal.SIGKILL)
+            wait_for(lambda: len(role(pid, "worker")) == 2 and killed not in role(pid, "worker") and ready(server.url),
+                     what="a new worker after one was killed")
+            assert client.get("/v1/collections/c").json()["count"] == 8
+            assert re.search(r"service: worker \d was killed by SIGKILL; starting it again", server.output())
+            assert "service: engine was killed by SIGKILL; starting it again" in server.output()
 
         # SIGTERM drains: a request in flight (an upsert of 1,000 1024-d vectors: most of a second) gets its answer,
         # then the engine snapshots the indexes and every process exits.

@@ -84,6 +84,7 @@ class EngineClient:
                 await self._task
 
     async def _run(self) -> None:
+        connections = 0
         while True:
             try:
                 reader, writer = await p.connect(self.address)
@@ -93,7 +94,9 @@ class EngineClient:
             self._writer = writer
             writer.write(p.GREETING + self.secret + p.frame(p.Call(0, p.Hello(os.getpid()))))
             reading = asyncio.get_running_loop().create_task(self._read(reader))
-            log.info("connected to the engine")
+            connections += 1
+            log.log(logging.INFO if connections > 1 else logging.DEBUG,  # the first is part of a quiet start
+                    "%s the engine", "reconnected to" if connections > 1 else "connected to")
             self.connected.set()
             try:
                 while not reading.done():

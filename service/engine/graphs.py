@@ -185,7 +185,7 @@ class CudaGraphs:
                 vectors = self.forward(*inputs)
             self._graphs[(rows, length)] = _Graph(graph, *inputs, vectors)
         self._stream.synchronize()
-        log.info("%s: %d CUDA graphs captured in %.1f s", self.name, len(self._graphs), time.perf_counter() - started)
+        log.debug("%s: %d CUDA graphs captured in %.1f s", self.name, len(self._graphs), time.perf_counter() - started)
 
     @torch.inference_mode()
     def submit(self, batch: list[list[int]]) -> Pending | None:

@@ -143,7 +143,7 @@ def load(spec: ModelSpec, cache: Path, device: torch.device, dtype: torch.dtype)
     text_config = getattr(config, "text_config", config)
     if spec.bidirectional:
         text_config.use_bidirectional_attention = True
-    log.info("loading %s from %s on %s (%s)", spec.name, source, device, dtype)
+    log.debug("loading %s from %s on %s (%s)", spec.name, source, device, dtype)
     model = AutoModel.from_pretrained(source, config=config, dtype=dtype, attn_implementation="sdpa")
     # Multimodal checkpoints (gemma-3-4b-it, -12b-it): keep the text tower only.
     model = getattr(model, "language_model", model).to(device).eval()

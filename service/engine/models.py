@@ -62,7 +62,7 @@ class ModelHub:
         )
         served.batcher.start()
         served.status = "ready"
-        log.info("model %s ready (dimension %d) in %.1f s", served.spec.name, encoder.dimension,
+        log.debug("model %s ready (dimension %d) in %.1f s", served.spec.name, encoder.dimension,
                  time.perf_counter() - started)
 
     def get(self, name: str, param: str = "model") -> ServedModel:

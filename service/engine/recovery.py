@@ -40,7 +40,7 @@ def recover(row: CollectionRow, store: DocumentStore, path: Path, tuning: Tuning
         in_sql = np.sort(store.all_seqs(row.id))
         if not np.array_equal(index.ids(), in_sql):
             raise ValueError(f"after replay the index holds {len(index)} ids, SQL {len(in_sql)}, not the same")
-        log.info("collection %s/%s: snapshot at %d, replayed %d additions and %d removals",
+        log.debug("collection %s/%s: snapshot at %d, replayed %d additions and %d removals",
                  row.tenant, row.name, saved, len(changes.seqs), len(changes.removed))
         return Recovered(index, max(saved, row.last_position), saved)
     except FileNotFoundError:

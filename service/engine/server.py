@@ -12,7 +12,8 @@ closed at once, and one whose first bytes are not the greeting with this start's
 ``GREETING_SECONDS``) is closed before any frame of it is decoded. Every call is then checked against the
 documented limits (checks.py) before it is run.
 
-Started by service/supervisor.py (``python -m service engine``); SIGTERM stops it once the workers
+Started by service/supervisor.py (``python -m service engine``), which it tells once it is ready (it
+listens, every index is open, every model has loaded or failed to); SIGTERM stops it once the workers
 have drained and gone (40 s at most): the batchers stop, and every index is snapshotted.
 """
 
@@ -25,6 +26,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -85,7 +87,7 @@ class EngineServer:
                         task.cancel()
                 elif isinstance(request, p.Hello):
                     self._workers[connection] = False
-                    log.info("HTTP worker (pid %d) connected; %d now", request.pid, self.workers)
+                    log.debug("HTTP worker (pid %d) connected; %d now", request.pid, self.workers)
                 else:
                     if isinstance(request, p.Status) and connection in self._workers:
                         self._workers[connection] = request.ready
@@ -190,18 +192,31 @@ def _write_atomically(path: Path, text: str) -> str:
     return str(path)
 
 
-async def serve(engine: Engine, address: str, tokenizer_dir: Path, secret: bytes) -> None:
+async def serve(engine: Engine, address: str, tokenizer_dir: Path, secret: bytes,
+                ready: Callable[[], None] = lambda: None) -> None:
     """Start the engine, answer the workers (those with ``secret``) on ``address`` until SIGTERM (or SIGINT),
-    then stop it."""
+    then stop it. Once it listens, every index is open and every model has loaded (or failed to): one INFO line
+    saying what it serves, then ``ready()`` (the supervisor's signal). An engine that cannot start ends in one
+    ``error:`` line (SystemExit; the traceback at DEBUG)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await engine.start()
     server = EngineServer(engine, tokenizer_dir, secret)
-    await server.start(address)
-    log.info("engine ready (pid %d)", os.getpid())
-    await stop.wait()
+    try:
+        await engine.start()
+        await server.start(address)
+    except Exception as exc:
+        log.debug("the engine could not start", exc_info=True)
+        raise SystemExit(f"error: the engine could not start: {type(exc).__name__}: {exc}") from None
+    loading = loop.create_task(engine.models.wait_ready())
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait([loading, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if loading.done() and not stopping.done():
+        log.info("engine ready (pid %d): %s", os.getpid(), serving(engine))
+        ready()
+    await stopping
+    loading.cancel()
     # SIGTERM may reach every process at once (a service manager stopping the whole group): the workers
     # still draining may need the engine, so it waits for them to go first.
     deadline = time.monotonic() + WORKERS_DRAIN_SECONDS
@@ -210,3 +225,14 @@ async def serve(engine: Engine, address: str, tokenizer_dir: Path, secret: bytes
     log.info("engine stopping: snapshotting every index")
     await server.close()
     await engine.stop()
+
+
+def serving(engine: Engine) -> str:
+    """What a started engine serves, in a few words: its models (each one's dimension, or that it failed to load),
+    where they run, and how many collections' indexes it holds."""
+    hub = engine.models
+    models = ", ".join(f"{name} ({f'dimension {m.dimension}' if m.status == 'ready' else 'failed to load'})"
+                       for name, m in hub.models.items())
+    indexes = len(engine.indexes.collection_ids())
+    return (f"model{'s' if len(hub.models) != 1 else ''} {models} on {hub.device} "
+            f"({str(hub.dtype).removeprefix('torch.')}); {indexes} collection index{'es' if indexes != 1 else ''}")

@@ -122,8 +122,29 @@ def make_handler(fmt: str, stream: Any = None, process: str = "") -> logging.Han
 
 
 # Libraries' start-up chatter, shown only at DEBUG: FAISS's probing of optional CPU builds (a
-# ModuleNotFoundError logged twice a process) and alembic's plugin set-up (seven lines a process).
-QUIET_LOGGERS = ("faiss.loader", "alembic.runtime.plugins")
+# ModuleNotFoundError logged twice a process), alembic's plugin set-up (seven lines a process) and its
+# migration steps (service/store/migrate.py says in one line when a schema was upgraded).
+QUIET_LOGGERS = ("faiss.loader", "alembic.runtime.plugins", "alembic.runtime.migration")
+# uvicorn's start-up steps (three lines a worker): the CLI logs one line once the app serves instead.
+UVICORN_START_MESSAGES = ("Started server process [%d]", "Waiting for application startup.",
+                          "Application startup complete.")
+
+
+class Demote(logging.Filter):
+    """A logger's INFO records with one of ``messages`` (the format string) become DEBUG records."""
+
+    def __init__(self, messages: tuple[str, ...]) -> None:
+        super().__init__()
+        self.messages = frozenset(messages)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or record.msg not in self.messages:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_QUIET_UVICORN_START = Demote(UVICORN_START_MESSAGES)
 
 
 def setup_logging(level: str, fmt: str = "text", process: str = "") -> None:
@@ -132,6 +153,7 @@ def setup_logging(level: str, fmt: str = "text", process: str = "") -> None:
     logging.basicConfig(level=level.upper(), handlers=[make_handler(fmt, process=process)], force=True)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING)
+    logging.getLogger("uvicorn.error").addFilter(_QUIET_UVICORN_START)  # once: a filter is added only once
 
 
 def disable_progress_bars() -> None:
